@@ -1,0 +1,1 @@
+"""Dockerfile templates and the files that go into every envkit image (package data: envkit.docker)."""

@@ -1,0 +1,81 @@
+"""The envkit command line: one Typer app, one error boundary.
+
+Commands live one per module (``envkit/cli/<command>.py``): each parses its options, calls the core, and renders.
+They raise :class:`envkit.errors.EnvkitError`; :func:`main` is the only place that turns an error into
+``error: ...`` / ``hint: ...`` on stderr and an exit code. Set ``ENVKIT_DEBUG=1`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from envkit import __version__
+from envkit.cli._console import err_console
+from envkit.errors import EnvkitError
+from envkit.settings import debug_enabled
+
+app = typer.Typer(
+    name="envkit",
+    help="Reproducible ML environments: lock, build, run with seeds, replay bit for bit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"envkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version_callback,
+                                 is_eager=True),
+) -> None:
+    """Reproducible ML environments: lock, build, run with seeds, replay bit for bit."""
+
+
+def _register() -> None:
+    # Imported here so that `envkit --help` does not pay for every command's imports at module import time of
+    # envkit.cli, and so that a command module can import the app without a cycle.
+    from envkit.cli import commands  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and map every envkit error to one line, a hint and its exit code."""
+    from typer._click import exceptions as click_exc  # typer bundles its own Click
+
+    _register()
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="envkit")
+        return rv if isinstance(rv, int) else 0
+    except EnvkitError as exc:
+        if debug_enabled():
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True)
+        if exc.hint:
+            err_console.print(f"[bold]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("error: interrupted", highlight=False)
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except click_exc.NoArgsIsHelpError as exc:
+        # `envkit` or `envkit <group>` alone: the help text, like --help, but exit 2 as Click does.
+        exc.show(file=sys.stderr)
+        return 2
+    except click_exc.ClickException as exc:
+        # Usage errors (unknown option, missing argument, bad value): Click's own message, exit 2.
+        exc.show(file=sys.stderr)
+        return exc.exit_code
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The one error tree of envkit.
+
+Every error a user can cause or meet derives from :class:`EnvkitError`. Each class carries the process exit code the
+CLI returns for it and an optional hint that says what to do. The CLI's single error boundary (``envkit.cli.main``)
+prints ``error: <message>`` and ``hint: <hint>`` and exits with ``exit_code``; nothing else calls ``sys.exit``.
+
+Exit codes are distinct per class so that scripts can tell failures apart. They are part of the public interface:
+the table in README.md lists them, and a test checks that no two classes share one.
+"""
+
+from __future__ import annotations
+
+
+class EnvkitError(Exception):
+    """Root of every envkit error."""
+
+    exit_code = 1
+    default_hint: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- input files -------------------------------------------------------------------------------------------------
+class SpecError(EnvkitError):
+    """The spec (envkit.yaml) is malformed, has unknown keys or bad values."""
+
+    exit_code = 10
+
+
+class LockfileError(EnvkitError):
+    """The lockfile is malformed, of an unknown schema version, or lacks a hash."""
+
+    exit_code = 11
+
+
+class ResolveError(EnvkitError):
+    """The requirements cannot be resolved for the target platform."""
+
+    exit_code = 12
+
+
+class HashMismatchError(EnvkitError):
+    """A downloaded or cached file does not match the hash the lock pins."""
+
+    exit_code = 13
+
+
+class FetchError(EnvkitError):
+    """A pinned file could not be fetched from its recorded location."""
+
+    exit_code = 14
+
+
+# --- the engine and images ---------------------------------------------------------------------------------------
+class EngineUnavailableError(EnvkitError):
+    """The Docker engine cannot be reached."""
+
+    exit_code = 20
+    default_hint = (
+        "start the Docker engine (e.g. `sudo dockerd &` or `sudo systemctl start docker`), "
+        "or point DOCKER_HOST at a running one"
+    )
+
+
+class ImageNotFoundError(EnvkitError):
+    """An image (base image, run image or recorded image) is not present and cannot be had."""
+
+    exit_code = 21
+
+
+class BuildError(EnvkitError):
+    """The image build failed; the message carries the failing step and its log."""
+
+    exit_code = 22
+
+
+class PlatformError(EnvkitError):
+    """A lockfile or image targets a platform this host cannot run."""
+
+    exit_code = 23
+
+
+class RegistryError(EnvkitError):
+    """Pushing to or pulling from a registry failed."""
+
+    exit_code = 24
+
+
+class BaseImageError(EnvkitError):
+    """Making a base image (debootstrap + import) failed."""
+
+    exit_code = 25
+
+
+# --- runs and the store ------------------------------------------------------------------------------------------
+class ScriptNotFoundError(EnvkitError):
+    """The script given to `envkit run` does not exist."""
+
+    exit_code = 30
+
+
+class RunNotFoundError(EnvkitError):
+    """No run with that id in the store."""
+
+    exit_code = 31
+    default_hint = "list the runs with `envkit runs`"
+
+
+class InvalidRunIdError(EnvkitError):
+    """A run id is malformed (checked before it touches a path)."""
+
+    exit_code = 32
+    default_hint = "run ids look like 20261123T191300Z-3f9a1c2b; list them with `envkit runs`"
+
+
+class StoreError(EnvkitError):
+    """The run store cannot be written (disk full, permissions) or a record is corrupt."""
+
+    exit_code = 33
+
+
+class JobError(EnvkitError):
+    """The job could not be started in its container."""
+
+    exit_code = 34
+
+
+class JobInterruptedError(EnvkitError):
+    """The job was interrupted (Ctrl-C or SIGTERM); the record is marked interrupted."""
+
+    exit_code = 130
+
+
+# --- replay ------------------------------------------------------------------------------------------------------
+class PlatformMismatchError(EnvkitError):
+    """The replay host differs from the recorded one in a field that changes numerics."""
+
+    exit_code = 40
+    default_hint = "run on a matching host, or pass --force to replay anyway (the replay is marked mismatched)"
+
+
+class InputChangedError(EnvkitError):
+    """A recorded input's content changed since the run."""
+
+    exit_code = 41
+
+
+class BundleError(EnvkitError):
+    """An exported bundle is malformed or unsafe (path traversal, links, bad hashes)."""
+
+    exit_code = 42
+
+
+# Verdict exit codes of `envkit replay` (not errors: the replay itself worked).
+EXIT_IDENTICAL = 0
+EXIT_DIVERGED = 3
+EXIT_FAILED = 4
+
+
+def all_error_classes() -> list[type[EnvkitError]]:
+    """Every error class, for the exit-code table and its uniqueness test."""
+    seen: list[type[EnvkitError]] = []
+    stack = [EnvkitError]
+    while stack:
+        cls = stack.pop()
+        seen.append(cls)
+        stack.extend(cls.__subclasses__())
+    return seen
