@@ -1,1 +1,5 @@
 """Imports every command module so that each registers itself on the app (one line per command)."""
+
+from envkit.cli import base as _base  # noqa: F401
+from envkit.cli import lock as _lock  # noqa: F401
+from envkit.cli import build as _build  # noqa: F401

@@ -1,0 +1,47 @@
+"""`envkit lock SPEC`: resolve a spec into a hash-pinned lockfile for its target platform."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from envkit.cli import app
+from envkit.cli._console import err_console, print_json
+
+
+@app.command("lock")
+def lock_cmd(
+    spec_path: Path = typer.Argument(..., metavar="SPEC", help="The spec file (envkit.yaml)."),
+    output: Path = typer.Option(None, "-o", "--output", help="Lockfile path (default lockfiles/<name>.lock.yaml)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a summary as JSON."),
+) -> None:
+    """Resolve SPEC for its target platform and write lockfiles/<name>.lock.yaml.
+
+    The base image is pinned by digest (it must exist on the engine); every package, transitive ones too, is pinned
+    with its version, wheel file name, URL and sha256. Resolution is for the target, not this host.
+    """
+    from envkit.engine import connect
+    from envkit.image.base import inspect_base
+    from envkit.lock.locking import make_lock, spec_sources
+    from envkit.lock.model import write_lockfile
+    from envkit.lock.pipconfig import host_pip_sources
+    from envkit.lock.resolver import UvResolver
+    from envkit.lock.spec import load_spec
+
+    t0 = time.monotonic()
+    spec = load_spec(spec_path)
+    base = inspect_base(connect(), spec.base)
+    sources = spec_sources(spec, host_pip_sources() if spec.pip_config else None)
+    lock = make_lock(spec, UvResolver(), base, sources)
+    path = output or Path("lockfiles") / f"{spec.name}.lock.yaml"
+    write_lockfile(lock, path)
+    seconds = time.monotonic() - t0
+    if json_out:
+        print_json({"lockfile": str(path), "content_sha256": lock.content_sha256, "packages": len(lock.packages),
+                    "base": lock.base.digest, "seconds": round(seconds, 2)})
+        return
+    err_console.print(f"locked {len(lock.packages)} packages for {lock.platform.tag} / Python {lock.python} "
+                      f"on base {lock.base.ref} ({lock.base.digest[:19]}) in {seconds:.1f} s")
+    typer.echo(str(path))

@@ -1,0 +1,186 @@
+"""Base images: pinning one by digest, and making one from Debian's packages for air-gapped hosts.
+
+``envkit base debian bookworm --python 3.11`` runs ``debootstrap --variant=minbase`` into a folder, records the
+package list it installed (inside the image at /etc/envkit/base-packages.txt and as a label hash), and imports the
+folder with ``docker import``. No registry is needed, so it works where nothing can be pulled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from envkit.engine import translated
+from envkit.errors import BaseImageError, ImageNotFoundError, SpecError
+from envkit.lock.model import BaseImage
+from envkit.settings import cache_dir
+
+if TYPE_CHECKING:
+    import docker
+
+# Debian suites and the python3 they ship: the version is a property of the suite, not a choice.
+SUITE_PYTHON = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
+LABEL_BASE_PYTHON = "io.envkit.base.python"
+LABEL_BASE_SOURCE = "io.envkit.base.source"
+LABEL_BASE_PACKAGES = "io.envkit.base.packages-sha256"
+BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
+
+
+@dataclass(frozen=True)
+class BaseResult:
+    image_id: str
+    tag: str
+    python: str
+    packages: list[str]
+    seconds: float
+
+
+def default_tag(suite: str, python: str) -> str:
+    return f"envkit/base:{suite}-py{python}"
+
+
+def inspect_base(client: docker.DockerClient, ref: str) -> BaseImage:
+    """Pin a local base image: its image ID, Python version and provenance.
+
+    Raises:
+        ImageNotFoundError: the image is not on this engine (nothing is pulled implicitly).
+    """
+    try:
+        with translated("inspecting the base image", image=ref):
+            image = client.images.get(ref)
+    except ImageNotFoundError as exc:
+        raise ImageNotFoundError(
+            f"base image {ref} does not exist on this Docker engine",
+            hint="make one with `envkit base debian bookworm --python 3.11` or `docker pull` it first",
+        ) from exc
+    labels = image.labels or {}
+    python = labels.get(LABEL_BASE_PYTHON) or _probe_python(client, image.id, ref)
+    repo_digests = image.attrs.get("RepoDigests") or []
+    return BaseImage(
+        ref=ref,
+        digest=image.id,
+        python=python,
+        repo_digest=repo_digests[0] if repo_digests else None,
+        source=labels.get(LABEL_BASE_SOURCE),
+    )
+
+
+def _probe_python(client: docker.DockerClient, image_id: str, ref: str) -> str:
+    """A base not made by envkit: ask its python3 for its version (a throwaway container)."""
+    with translated("probing the base image's Python", image=ref):
+        try:
+            out = client.containers.run(image_id, ["python3", "-c", "import platform;print(platform.python_version())"],
+                                        remove=True, network_mode="none", stdout=True, stderr=False)
+        except Exception as exc:  # noqa: BLE001 - any failure means the base has no usable python3
+            raise SpecError(f"base image {ref} has no working python3 ({type(exc).__name__})",
+                            hint="use a base with python3 (e.g. `envkit base debian bookworm --python 3.11`)") from exc
+    return out.decode().strip()
+
+
+def make_base(
+    client: docker.DockerClient,
+    suite: str,
+    python: str,
+    tag: str | None = None,
+    mirror: str | None = None,
+    step: Callable[[str], None] = lambda _msg: None,
+) -> BaseResult:
+    """debootstrap a minimal Debian with python3, record its packages, and import it as an image.
+
+    Args:
+        client: the engine to import into.
+        suite: Debian suite (bookworm, trixie, bullseye).
+        python: the Python major.minor the caller expects; must be the suite's.
+        tag: image name; default envkit/base:<suite>-py<python>.
+        mirror: Debian mirror URL; default debootstrap's.
+        step: called with a short description as each stage starts (progress).
+
+    Raises:
+        SpecError: unknown suite or a Python the suite does not ship.
+        BaseImageError: not root, debootstrap missing or failing, import failing.
+    """
+    import time
+
+    if suite not in SUITE_PYTHON:
+        raise SpecError(f"unknown Debian suite {suite!r}", hint=f"choose one of {', '.join(SUITE_PYTHON)}")
+    if SUITE_PYTHON[suite] != python:
+        raise SpecError(f"Debian {suite} ships Python {SUITE_PYTHON[suite]}, not {python}",
+                        hint=f"use --python {SUITE_PYTHON[suite]}, or a suite that ships {python}")
+    if shutil.which("debootstrap") is None:
+        raise BaseImageError("debootstrap is not installed", hint="install it: apt-get install -y debootstrap")
+    if os.geteuid() != 0:
+        raise BaseImageError("making a base image needs root (debootstrap chroots)", hint="run it with sudo")
+    tag = tag or default_tag(suite, python)
+    t0 = time.monotonic()
+    debs = cache_dir() / "debootstrap" / suite
+    debs.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="envkit-base-") as tmp:
+        root = Path(tmp) / "rootfs"
+        step(f"debootstrap {suite} (minbase + python3)")
+        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+               f"--cache-dir={debs}", suite, str(root)]
+        if mirror:
+            cmd.append(mirror)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["no output"]
+            raise BaseImageError(f"debootstrap failed: {tail[0]}",
+                                 hint="check that Debian's package mirror is reachable (or pass --mirror)")
+        step("recording the installed packages")
+        packages = _installed_packages(root)
+        full_python = _chroot_python(root)
+        listing = "\n".join(packages) + "\n"
+        (root / "etc" / "envkit").mkdir(parents=True, exist_ok=True)
+        (root / "etc" / "envkit" / "base-packages.txt").write_text(listing)
+        # Caches and logs that only differ run to run and would bloat the image.
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "var/log"):
+            shutil.rmtree(root / junk, ignore_errors=True)
+            (root / junk).mkdir(parents=True, exist_ok=True)
+        step(f"importing the root filesystem as {tag}")
+        source = f"envkit base debian {suite} --python {python}"
+        changes = [
+            f"LABEL {LABEL_BASE_PYTHON}={full_python}",
+            f'LABEL {LABEL_BASE_SOURCE}="{source}"',
+            f"LABEL {LABEL_BASE_PACKAGES}={hashlib.sha256(listing.encode()).hexdigest()}",
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8",
+            'CMD ["python3"]',
+        ]
+        tar_path = Path(tmp) / "rootfs.tar"
+        with tarfile.open(tar_path, "w") as tar:
+            tar.add(root, arcname=".", filter=_numeric_owner)
+        shutil.rmtree(root, ignore_errors=True)
+        repository, _, version = tag.rpartition(":") if ":" in tag.split("/")[-1] else (tag, "", "latest")
+        with translated("importing the base image"):
+            client.api.import_image_from_file(str(tar_path), repository=repository, tag=version, changes=changes)
+            image = client.images.get(tag)
+    return BaseResult(image_id=image.id, tag=tag, python=full_python, packages=packages,
+                      seconds=time.monotonic() - t0)
+
+
+def _numeric_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uname = info.gname = ""
+    return info
+
+
+def _installed_packages(root: Path) -> list[str]:
+    proc = subprocess.run(["chroot", str(root), "dpkg-query", "-W", "-f", "${Package}=${Version}\\n"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BaseImageError(f"cannot list the packages installed in the base: {proc.stderr.strip()[:200]}")
+    return sorted(line for line in proc.stdout.splitlines() if line)
+
+
+def _chroot_python(root: Path) -> str:
+    proc = subprocess.run(["chroot", str(root), "python3", "-c", "import platform;print(platform.python_version())"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BaseImageError("python3 does not run in the new base filesystem")
+    return proc.stdout.strip()

@@ -1,0 +1,148 @@
+"""Pure rendering of what goes into an image build: the Dockerfile, the pinned requirements, labels, build key.
+
+Nothing here touches the engine or the network, so it is unit-tested as text and used by ``envkit build --dry-run``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+
+from envkit import __version__
+from envkit.lock.model import Lockfile
+from envkit.settings import (
+    IMAGE_VENV,
+    LABEL_CPU_PROFILE,
+    LABEL_LOCK_NAME,
+    LABEL_LOCK_SHA,
+    LABEL_MANAGED,
+    LABEL_VERSION,
+)
+
+LABEL_BUILD_KEY = "io.envkit.build-key"
+
+# Files copied into the venv's site-packages of every image: the seeding bootstrap and its helpers. Sources are
+# envkit's own modules (one copy of the logic for host and image), renamed to top-level modules in the image.
+IN_IMAGE_MODULES = {
+    "envkit_bootstrap.py": ("envkit.run", "bootstrap.py"),
+    "envkit_portable.py": ("envkit.run", "portable_ops.py"),
+    "envkit_trace.py": ("envkit.run", "trace.py"),
+    "envkit-bootstrap.pth": ("envkit.docker", "envkit-bootstrap.pth"),
+}
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything a build needs besides the wheels themselves."""
+
+    dockerfile: str
+    requirements: str
+    site_files: dict[str, bytes]
+    labels: dict[str, str]
+    build_key: str
+    tag: str
+
+
+def site_packages(lock: Lockfile) -> str:
+    return f"{IMAGE_VENV}/lib/python{lock.python}/site-packages"
+
+
+def in_image_files() -> dict[str, bytes]:
+    """The bootstrap files that go into every image (missing optional modules are skipped)."""
+    files: dict[str, bytes] = {}
+    for target, (package, name) in IN_IMAGE_MODULES.items():
+        path = resources.files(package).joinpath(name)
+        if path.is_file():
+            files[target] = path.read_bytes()
+    return files
+
+
+def render_requirements(lock: Lockfile) -> str:
+    """pip requirement lines with their hashes, for `pip install --require-hashes --no-index`."""
+    lines = [f"{p.name}=={p.version} --hash=sha256:{p.sha256}" for p in lock.packages]
+    return "\n".join(lines) + "\n"
+
+
+def image_env(lock: Lockfile, cpu_profile: str) -> dict[str, str]:
+    """ENV of the image: the lock's determinism environment, the venv on PATH, the CPU profile."""
+    env = dict(lock.environment)
+    env["PATH"] = f"{IMAGE_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    env["VIRTUAL_ENV"] = IMAGE_VENV
+    env["ENVKIT_CPU_PROFILE"] = cpu_profile
+    env.update(_cpu_profile_env(cpu_profile))
+    return dict(sorted(env.items()))
+
+
+def _cpu_profile_env(cpu_profile: str) -> dict[str, str]:
+    try:
+        from envkit.cpuprofile import image_env as profile_image_env
+    except ImportError:
+        return {}
+    return profile_image_env(cpu_profile)
+
+
+def labels(lock: Lockfile, cpu_profile: str, build_key: str) -> dict[str, str]:
+    return {
+        LABEL_MANAGED: "true",
+        LABEL_LOCK_SHA: lock.content_sha256,
+        LABEL_LOCK_NAME: lock.name,
+        LABEL_VERSION: __version__,
+        LABEL_CPU_PROFILE: cpu_profile,
+        LABEL_BUILD_KEY: build_key,
+        "org.opencontainers.image.title": f"envkit-{lock.name}",
+        "org.opencontainers.image.description": f"envkit image for lock {lock.name} (Python {lock.python})",
+        "org.opencontainers.image.version": lock.content_sha256[:12],
+        "org.opencontainers.image.vendor": "envkit",
+        "org.opencontainers.image.base.name": lock.base.ref,
+        "org.opencontainers.image.base.digest": lock.base.digest,
+    }
+
+
+def _quote(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid double-quoted Dockerfile value
+
+
+def render_dockerfile(lock: Lockfile, cpu_profile: str, build_key: str) -> str:
+    template = resources.files("envkit.docker").joinpath("Dockerfile.template").read_text(encoding="utf-8")
+    env = image_env(lock, cpu_profile)
+    env_lines = " \\\n    ".join(f"{k}={_quote(v)}" for k, v in env.items())
+    label_lines = " \\\n      ".join(f"{_quote(k)}={_quote(v)}" for k, v in labels(lock, cpu_profile, build_key).items())
+    return template.format(
+        lock_name=lock.name,
+        lock_sha=lock.content_sha256[:12],
+        envkit_version=__version__,
+        base_digest=lock.base.digest,
+        venv=IMAGE_VENV,
+        site_packages=site_packages(lock),
+        env_lines=env_lines,
+        label_lines=label_lines,
+    )
+
+
+def compute_build_key(lock: Lockfile, cpu_profile: str, files: dict[str, bytes]) -> str:
+    """What decides the image: the lock, envkit's version, the CPU profile and the in-image files' bytes.
+
+    A change to the bootstrap rebuilds the image; the same inputs find the same image (a cache hit).
+    """
+    h = hashlib.sha256()
+    h.update(f"{lock.content_sha256}\0{__version__}\0{cpu_profile}\0".encode())
+    template = resources.files("envkit.docker").joinpath("Dockerfile.template").read_bytes()
+    h.update(hashlib.sha256(template).digest())
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return h.hexdigest()
+
+
+def plan_build(lock: Lockfile, cpu_profile: str = "native") -> BuildPlan:
+    files = in_image_files()
+    key = compute_build_key(lock, cpu_profile, files)
+    return BuildPlan(
+        dockerfile=render_dockerfile(lock, cpu_profile, key),
+        requirements=render_requirements(lock),
+        site_files=files,
+        labels=labels(lock, cpu_profile, key),
+        build_key=key,
+        tag=f"envkit/{lock.name}:{key[:12]}",
+    )

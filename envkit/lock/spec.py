@@ -1,0 +1,179 @@
+"""The user's short spec (``envkit.yaml``): what to lock.
+
+Example::
+
+    name: cpu
+    python: "3.11"
+    base: envkit/base:bookworm-py3.11
+    platform: x86_64-manylinux_2_28
+    packages:
+      - torch==2.13.0
+      - numpy==2.4.6
+    find_links: []          # extra find-links (paths or URLs)
+    indexes: []             # extra package index URLs
+    index_url: null         # replaces the default index
+    pip_config: true        # also use this host's pip configuration (find-links, indexes)
+    env: {}                 # extra ENV to bake into the image
+
+Unknown keys are refused, so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from envkit.errors import SpecError
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_PY_RE = re.compile(r"^3\.\d{1,2}$")
+_PLATFORM_RE = re.compile(r"^(x86_64|aarch64)-manylinux_2_(\d{1,2})$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+_KEYS = {"name", "python", "base", "platform", "packages", "find_links", "indexes", "index_url", "pip_config", "env"}
+_REQUIRED = ("name", "python", "base", "packages")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated spec."""
+
+    name: str
+    python: str
+    base: str
+    packages: tuple[str, ...]
+    platform: str = "x86_64-manylinux_2_28"
+    find_links: tuple[str, ...] = ()
+    indexes: tuple[str, ...] = ()
+    index_url: str | None = None
+    pip_config: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def arch(self) -> str:
+        return self.platform.split("-", 1)[0]
+
+    @property
+    def manylinux(self) -> tuple[int, int]:
+        m = _PLATFORM_RE.match(self.platform)
+        assert m is not None  # validated in parse_spec
+        return 2, int(m.group(2))
+
+
+def load_spec(path: Path) -> Spec:
+    """Read and validate a spec file.
+
+    Raises:
+        SpecError: the file is missing, not YAML, has unknown keys or bad values.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise SpecError(f"spec file {path} not found", hint="write an envkit.yaml (see README: 'The spec')") from exc
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SpecError(f"{path} is not valid YAML{where}: {problem}") from exc
+    spec = parse_spec(data, source=str(path))
+    return _resolve_relative_links(spec, path.parent)
+
+
+def parse_spec(data: Any, source: str = "spec") -> Spec:
+    """Validate a spec's parsed YAML."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a mapping of keys (name, python, base, packages, ...)")
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise SpecError(
+            f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
+            hint=f"allowed keys: {', '.join(sorted(_KEYS))}",
+        )
+    missing = [k for k in _REQUIRED if k not in data or data[k] in (None, "", [])]
+    if missing:
+        raise SpecError(f"{source}: missing required key{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+
+    name = _str(data, "name", source)
+    if not _NAME_RE.match(name):
+        raise SpecError(f"{source}: name {name!r} must be lowercase letters, digits, '.', '_' or '-'")
+    python = str(data["python"])
+    if not _PY_RE.match(python):
+        raise SpecError(f"{source}: python {python!r} must be a major.minor version such as \"3.11\"")
+    platform = str(data.get("platform", "x86_64-manylinux_2_28"))
+    if platform in ("linux/x86_64", "linux/amd64"):
+        platform = "x86_64-manylinux_2_28"
+    if not _PLATFORM_RE.match(platform):
+        raise SpecError(
+            f"{source}: platform {platform!r} is not supported",
+            hint="use e.g. x86_64-manylinux_2_28 (linux/x86_64) or aarch64-manylinux_2_28",
+        )
+    packages = data["packages"]
+    if not isinstance(packages, list) or not all(isinstance(p, str) and p.strip() for p in packages):
+        raise SpecError(f"{source}: packages must be a list of requirement lines such as 'torch==2.13.0'")
+    _check_requirements(packages, source)
+    env = data.get("env") or {}
+    if not isinstance(env, dict) or not all(_ENV_NAME_RE.match(str(k)) for k in env):
+        raise SpecError(f"{source}: env must map variable names to values")
+    pip_config = data.get("pip_config", True)
+    if not isinstance(pip_config, bool):
+        raise SpecError(f"{source}: pip_config must be true or false")
+    index_url = data.get("index_url")
+    return Spec(
+        name=name,
+        python=python,
+        base=_str(data, "base", source),
+        packages=tuple(p.strip() for p in packages),
+        platform=platform,
+        find_links=_str_list(data, "find_links", source),
+        indexes=_str_list(data, "indexes", source),
+        index_url=str(index_url) if index_url else None,
+        pip_config=pip_config,
+        env={str(k): str(v) for k, v in env.items()},
+    )
+
+
+def _check_requirements(lines: list[str], source: str) -> None:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for line in lines:
+        try:
+            Requirement(line)
+        except InvalidRequirement as exc:
+            raise SpecError(f"{source}: package line {line!r} is not a valid requirement ({exc})") from exc
+
+
+def _str(data: dict[str, Any], key: str, source: str) -> str:
+    value = data[key]
+    if not isinstance(value, (str, int, float)):
+        raise SpecError(f"{source}: {key} must be a string")
+    return str(value)
+
+
+def _str_list(data: dict[str, Any], key: str, source: str) -> tuple[str, ...]:
+    value = data.get(key) or []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SpecError(f"{source}: {key} must be a list of strings")
+    return tuple(value)
+
+
+def _resolve_relative_links(spec: Spec, base_dir: Path) -> Spec:
+    """find_links given as relative paths are relative to the spec file, not the current directory."""
+    links = []
+    for link in spec.find_links:
+        if "://" in link or Path(link).is_absolute():
+            links.append(link)
+        else:
+            links.append(str((base_dir / link).resolve()))
+    return Spec(**{**spec.__dict__, "find_links": tuple(links)})
