@@ -116,7 +116,10 @@ class InvalidRunIdError(EnvkitError):
     """A run id is malformed (checked before it touches a path)."""
 
     exit_code = 32
-    default_hint = "run ids look like 20261123T191300Z-3f9a1c2b; list them with `envkit runs`"
+    default_hint = (
+        "run ids look like 20261123T191300123Z-3f9a1c2b (UTC time to the millisecond, 8 hex digits); "
+        "list them with `envkit runs`"
+    )
 
 
 class StoreError(EnvkitError):
@@ -129,6 +132,12 @@ class JobError(EnvkitError):
     """The job could not be started in its container."""
 
     exit_code = 34
+
+
+class SnapshotError(EnvkitError):
+    """A project file cannot be listed, read or copied into the run's snapshot, or an output cannot be hashed."""
+
+    exit_code = 35
 
 
 class JobInterruptedError(EnvkitError):
