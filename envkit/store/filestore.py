@@ -1,0 +1,345 @@
+"""The file store: one folder per run under ``<root>/runs/``, a record written atomically, a fast listing.
+
+Layout::
+
+    <root>/runs/<run_id>/record.json     the run record (the truth)
+    <root>/runs/<run_id>/stdout.log ...  files the executor writes beside it (logs, code/ snapshot, outputs/)
+    <root>/index.jsonl                   one summary line per record write (a cache, see below)
+
+Run ids are validated by a regular expression before they touch a path. A record is written to a temporary file in
+its run folder, fsynced and renamed over ``record.json``, so a reader sees the old record or the new one, never half.
+
+Listing 10,000 runs must take well under half a second, and opening 10,000 records does not. So every write appends
+a one-line summary to ``index.jsonl`` (one ``write`` call on an ``O_APPEND`` file, which concurrent writers cannot
+interleave), keyed by the record file's inode, size and mtime. A listing stats each ``record.json`` and uses the
+summary when the key matches; a record whose key does not match (a crash between rename and append, a record written
+by hand, a lost or damaged index) is read in full and its summary appended again. The index is only ever a cache.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from envkit.errors import EnvkitError, InvalidRunIdError, RunNotFoundError, StoreError
+from envkit.settings import ENV_HOME
+from envkit.store.record import RUN_ID_RE, RunRecord
+
+RUNS = "runs"
+RECORD = "record.json"
+INDEX = "index.jsonl"
+STDOUT_LOG = "stdout.log"
+STDERR_LOG = "stderr.log"
+CODE_DIR = "code"
+OUTPUTS_DIR = "outputs"
+_INDEX_VERSION = 1
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A run id that sorts by creation time: UTC time to the millisecond, then 32 random bits.
+
+    Two runs started in the same millisecond differ in the random part; :meth:`FileStore.create_run` also reserves
+    the id with an exclusive ``mkdir``, so even a collision cannot hand one id to two runs.
+    """
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{secrets.token_hex(4)}"
+
+
+def validate_run_id(run_id: object) -> str:
+    """Return ``run_id`` when it is well formed.
+
+    Raises:
+        InvalidRunIdError: quoting the bad id (shortened), before it is used in any path.
+    """
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id):
+        shown = repr(run_id) if len(repr(run_id)) <= 60 else repr(run_id)[:57] + "..."
+        raise InvalidRunIdError(f"malformed run id {shown}")
+    return run_id
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a listing shows of a run."""
+
+    run_id: str
+    created: str
+    status: str
+    seed: int | None
+    determinism: str
+    script: str | None
+    exit_code: int | None
+    duration_s: float | None
+    image_id: str | None
+    replay_of: str | None
+
+    @classmethod
+    def from_record(cls, record: RunRecord) -> RunSummary:
+        t = record.timings
+        return cls(run_id=record.run_id, created=record.created, status=record.status, seed=record.seed,
+                   determinism=record.determinism, script=record.script, exit_code=record.exit_code,
+                   duration_s=t.total_s if t.total_s is not None else t.run_s, image_id=record.image.id,
+                   replay_of=record.replay_of)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _SUMMARY_FIELDS}
+
+    def to_row(self) -> list[Any]:
+        return [getattr(self, name) for name in _SUMMARY_FIELDS]
+
+
+_SUMMARY_FIELDS = tuple(f.name for f in fields(RunSummary))
+
+
+@dataclass(frozen=True)
+class BrokenRun:
+    """A folder under ``runs/`` that a listing skipped, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Listing:
+    runs: list[RunSummary]  # newest first
+    broken: list[BrokenRun]
+
+
+class FileStore:
+    """Run records on the local filesystem.
+
+    Args:
+        root: the store folder (``envkit.settings.store_dir()``).
+        durable: fsync records and their folder before returning; only benchmarks that fill a store turn it off.
+    """
+
+    def __init__(self, root: Path, durable: bool = True) -> None:
+        self.root = Path(root)
+        self.durable = durable
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / RUNS
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / INDEX
+
+    def run_dir(self, run_id: str) -> Path:
+        """The folder of a run (not created). Raises InvalidRunIdError for a malformed id."""
+        return self.runs_dir / validate_run_id(run_id)
+
+    def create_run(self, now: datetime | None = None) -> str:
+        """A new run id with its folder created, unique even among concurrent processes."""
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            while True:
+                run_id = new_run_id(now)
+                try:
+                    (self.runs_dir / run_id).mkdir()
+                    return run_id
+                except FileExistsError:
+                    continue
+        except OSError as exc:
+            raise _write_error(exc, self.runs_dir, self.root) from exc
+
+    def write(self, record: RunRecord) -> Path:
+        """Write (or overwrite) a run's record atomically and return its path.
+
+        Raises:
+            StoreError: disk full, read-only filesystem, no permission; the previous record, if any, is intact and
+                no temporary file is left behind.
+        """
+        record.validate()
+        run_dir = self.run_dir(record.run_id)
+        path = run_dir / RECORD
+        data = (json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(path, data, self.durable)
+            st = os.stat(path)
+        except OSError as exc:
+            raise _write_error(exc, path, self.root) from exc
+        self._append_index([_index_line(record.run_id, st, RunSummary.from_record(record))])
+        return path
+
+    def read(self, run_id: str) -> RunRecord:
+        """The record of a run.
+
+        Raises:
+            InvalidRunIdError: malformed id. RunNotFoundError: no such run. StoreError: the record is missing,
+                unreadable, not JSON, or not a valid record.
+        """
+        return self._load(validate_run_id(run_id))[0]
+
+    def list(self, limit: int | None = None) -> Listing:
+        """Runs newest first (at most ``limit``); folders that are not readable runs are reported, not fatal."""
+        try:
+            names = os.listdir(self.runs_dir)
+        except FileNotFoundError:
+            return Listing([], [])
+        except OSError as exc:
+            raise StoreError(f"cannot list {self.runs_dir}: {exc.strerror}") from exc
+        ids, broken = [], []
+        for name in names:
+            if RUN_ID_RE.fullmatch(name):
+                ids.append(name)
+            elif not name.startswith("."):
+                broken.append(BrokenRun(name, "not a run id"))
+        ids.sort(reverse=True)
+        if limit:
+            ids = ids[:limit]
+        cached, lines = self._read_index()
+        runs: list[RunSummary] = []
+        fresh: list[bytes] = []
+        runs_dir = str(self.runs_dir)
+        for run_id in ids:
+            try:
+                st = os.stat(f"{runs_dir}/{run_id}/{RECORD}")
+            except FileNotFoundError:
+                broken.append(BrokenRun(run_id, f"no {RECORD} (the run stopped before it was recorded)"))
+                continue
+            except OSError as exc:
+                broken.append(BrokenRun(run_id, f"cannot stat {RECORD}: {exc.strerror}"))
+                continue
+            hit = cached.get(run_id)
+            if hit is not None and hit[0] == _key(st):
+                runs.append(hit[1])
+                continue
+            try:
+                record, st = self._load(run_id)
+            except EnvkitError as exc:
+                broken.append(BrokenRun(run_id, exc.message))
+                continue
+            summary = RunSummary.from_record(record)
+            runs.append(summary)
+            fresh.append(_index_line(run_id, st, summary))
+        if limit is None and lines > 2 * len(ids) + 1000:
+            self._compact(ids, cached, fresh)
+        elif fresh:
+            self._append_index(fresh)
+        return Listing(runs, broken)
+
+    # --- internals --------------------------------------------------------------------------------------------------
+    def _load(self, run_id: str) -> tuple[RunRecord, os.stat_result]:
+        run_dir = self.runs_dir / run_id
+        try:
+            with open(run_dir / RECORD, "rb") as f:
+                st = os.fstat(f.fileno())
+                raw = f.read()
+        except FileNotFoundError:
+            if run_dir.is_dir():
+                raise StoreError(f"run {run_id} has no record ({run_dir / RECORD} is missing)",
+                                 hint="the run stopped before it was recorded; its folder can be removed") from None
+            raise RunNotFoundError(f"no run {run_id} in {self.root}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read the record of run {run_id}: {exc.strerror}") from exc
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise StoreError(f"the record of run {run_id} is not valid JSON ({exc})",
+                             hint=f"inspect or remove {run_dir}") from exc
+        record = RunRecord.from_dict(data)
+        if record.run_id != run_id:
+            raise StoreError(f"the record in {run_dir} names another run ({record.run_id})")
+        return record, st
+
+    def _read_index(self) -> tuple[dict[str, tuple[list[int], RunSummary]], int]:
+        """Summaries by run id (the last line for a run wins) and the number of lines read."""
+        try:
+            raw = self.index_path.read_bytes()
+        except OSError:
+            return {}, 0
+        lines = [line for line in raw.split(b"\n") if line]
+        try:
+            items = json.loads(b"[" + b",".join(lines) + b"]")  # one parse instead of one per line: twice as fast
+        except ValueError:
+            items = []
+            for line in lines:
+                try:
+                    items.append(json.loads(line))
+                except ValueError:
+                    continue  # a torn or foreign line: that run's record is read instead
+        cached: dict[str, tuple[list[int], RunSummary]] = {}
+        for item in items:
+            try:
+                version, run_id, key, row = item
+                if version == _INDEX_VERSION:
+                    cached[run_id] = (key, RunSummary(*row))
+            except (ValueError, TypeError):
+                continue
+        return cached, len(lines)
+
+    def _append_index(self, lines: list[bytes]) -> None:
+        # Best effort: a failed append only costs the next listing a full read of these records.
+        try:
+            fd = os.open(self.index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, b"".join(lines))
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+    def _compact(self, ids: list[str], cached: dict[str, tuple[list[int], RunSummary]], fresh: list[bytes]) -> None:
+        """Rewrite an index grown long with superseded lines. A line appended meanwhile by another writer may be
+        lost; its run is then read in full once."""
+        fresh_ids = {json.loads(line)[1] for line in fresh}
+        kept = [_index_line(i, cached[i][0], cached[i][1]) for i in ids if i in cached and i not in fresh_ids]
+        try:
+            _atomic_write(self.index_path, b"".join(kept + fresh), durable=False)
+        except OSError:
+            pass
+
+
+def _key(st: os.stat_result) -> list[int]:
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _index_line(run_id: str, st: os.stat_result | list[int], summary: RunSummary) -> bytes:
+    key = st if isinstance(st, list) else _key(st)
+    # A positional row, not an object: half the bytes to parse when listing.
+    return (json.dumps([_INDEX_VERSION, run_id, key, summary.to_row()], separators=(",", ":")) + "\n").encode()
+
+
+def _atomic_write(path: Path, data: bytes, durable: bool) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, and rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a crash
+        finally:
+            os.close(dir_fd)
+
+
+def _write_error(exc: OSError, path: Path, root: Path) -> StoreError:
+    elsewhere = f"or set {ENV_HOME} to a folder on another disk"
+    hints = {
+        errno.ENOSPC: f"the disk holding {root} is full: free some space, {elsewhere}",
+        errno.EDQUOT: f"your disk quota is used up: free some space, {elsewhere}",
+        errno.EROFS: f"{root} is on a read-only filesystem: set {ENV_HOME} to a writable folder",
+        errno.EACCES: f"you may not write to {root}: fix its permissions, or set {ENV_HOME} to a folder of yours",
+        errno.EPERM: f"you may not write to {root}: fix its permissions, or set {ENV_HOME} to a folder of yours",
+    }
+    return StoreError(f"cannot write {path}: {exc.strerror or exc}", hint=hints.get(exc.errno or 0))
