@@ -1,0 +1,331 @@
+"""The hardware and software fingerprint of a host, and which of its differences change numerics.
+
+:func:`host_fingerprint` probes the CPU (vendor, model, the instruction sets kernels dispatch on), memory, kernel, OS,
+the Docker engine when a client is given, and NVIDIA GPUs through NVML. Every probe is optional: one that fails leaves
+its field ``None`` and its error text under the section's ``errors``; a host without GPUs or without nvidia-ml-py gets
+``{"available": false, "reason": ...}``. Nothing here raises.
+
+The ``container`` section (Python, torch, CUDA runtime, cuDNN, NCCL, MKL, oneDNN, ATen capability, threads) comes from
+``envkit/run/probe.py`` run inside the image and is merged in by the executor.
+
+:func:`compare_fingerprints` tells replay which differences matter: :data:`FIELD_CLASSES` says, per field, whether a
+difference can change the bits a job computes.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from envkit.settings import CPU_PROFILES
+
+if TYPE_CHECKING:
+    import docker
+
+SCHEMA_VERSION = 1
+
+# Instruction sets that math libraries dispatch on (ATen's CPU capability, oneDNN ISA, MKL/OpenBLAS kernels): a
+# difference means other kernels, which may sum in another order.
+_NUMERIC_FLAGS = re.compile(
+    r"(sse4_1|sse4_2|sse4a|avx.*|fma|fma4|f16c|xop|amx.*"  # x86
+    r"|asimd.*|fphp|sve.*|bf16|i8mm|sme|sme[0-9ifb_].*)"  # aarch64 (not x86 smep)
+)
+
+
+# --- probing -----------------------------------------------------------------------------------------------------
+def host_fingerprint(client: docker.DockerClient | None = None) -> dict[str, Any]:
+    """This host's fingerprint: ``schema_version``, ``host``, ``gpus`` and, given an engine client, ``engine``."""
+    fp: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "host": host_section(), "gpus": gpu_section()}
+    if client is not None:
+        fp["engine"] = engine_section(client)
+    return fp
+
+
+class _Probes:
+    """Runs probes, keeping each failure's text instead of raising."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, str] = {}
+
+    def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - a probe must never stop a run; the error is recorded
+            self.errors[name] = f"{type(exc).__name__}: {exc}"
+            return None
+
+
+def host_section() -> dict[str, Any]:
+    """CPU, memory, kernel, OS and hostname of this machine."""
+    probe = _Probes()
+    cpu = probe("cpu", _cpuinfo) or {}
+    section = {
+        "arch": probe("arch", platform.machine),
+        "cpu_vendor": cpu.get("vendor"),
+        "cpu_model": cpu.get("model"),
+        "cpu_flags": cpu.get("flags"),
+        "logical_cores": probe("logical_cores", os.cpu_count),
+        "cpus_available": probe("cpus_available", lambda: len(os.sched_getaffinity(0))),
+        "memory_bytes": probe("memory_bytes", _memory_bytes),
+        "kernel": probe("kernel", platform.release),
+        "os": probe("os", _os_release),
+        "hostname": probe("hostname", socket.gethostname),
+        "errors": probe.errors,
+    }
+    return section
+
+
+def _cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """Vendor, model name and numerics-relevant flags of the first CPU in /proc/cpuinfo (x86 or aarch64)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    # aarch64 kernels print "Features" and an implementer code instead of "flags" and a vendor name.
+    flags = (fields.get("flags") or fields.get("Features") or "").split()
+    return {
+        "vendor": fields.get("vendor_id") or fields.get("CPU implementer"),
+        "model": fields.get("model name") or fields.get("Model") or platform.processor() or None,
+        "flags": sorted(f for f in set(flags) if _NUMERIC_FLAGS.fullmatch(f)),
+    }
+
+
+def _memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _os_release(path: str = "/etc/os-release") -> str:
+    values = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            key, sep, value = line.strip().partition("=")
+            if sep:
+                values[key] = value.strip().strip('"')
+    return values.get("PRETTY_NAME") or f"{values.get('ID', '?')} {values.get('VERSION_ID', '')}".strip()
+
+
+def engine_section(client: docker.DockerClient) -> dict[str, Any]:
+    """:func:`envkit.engine.engine_info`, or ``{"error": ...}`` when the engine does not answer."""
+    from envkit import engine
+
+    try:
+        return engine.engine_info(client)
+    except Exception as exc:  # noqa: BLE001 - a fingerprint without engine facts is still a fingerprint
+        return {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
+
+
+def gpu_section() -> dict[str, Any]:
+    """NVIDIA GPUs through NVML: driver, CUDA driver version and, per device, name, UUID, compute capability and
+    memory. ``{"available": false, "reason": ...}`` without nvidia-ml-py, driver or devices."""
+    try:
+        import pynvml
+    except ImportError:
+        return {"available": False, "reason": "nvidia-ml-py is not installed (pip install 'envkit[gpu]')"}
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # noqa: BLE001 - NVMLError_LibraryNotFound and friends: no usable driver
+        return {"available": False, "reason": f"NVML cannot start ({exc}); no NVIDIA driver on this host"}
+    try:
+        probe = _Probes()
+        count = probe("count", pynvml.nvmlDeviceGetCount) or 0
+        section: dict[str, Any] = {
+            "available": count > 0,
+            "driver_version": probe("driver_version", lambda: _text(pynvml.nvmlSystemGetDriverVersion())),
+            "cuda_driver_version": probe("cuda_driver_version",
+                                         lambda: _cuda_version(pynvml.nvmlSystemGetCudaDriverVersion_v2())),
+            "count": count,
+            "devices": [_gpu_device(pynvml, i) for i in range(count)],
+            "errors": probe.errors,
+        }
+        if not count:
+            section["reason"] = "NVML sees no GPU"
+        return section
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001 - nothing to do about a failed shutdown
+            pass
+
+
+def _gpu_device(pynvml: Any, index: int) -> dict[str, Any]:
+    probe = _Probes()
+    handle = probe("handle", lambda: pynvml.nvmlDeviceGetHandleByIndex(index))
+    if handle is None:
+        return {"index": index, "errors": probe.errors}
+    return {
+        "index": index,
+        "name": probe("name", lambda: _text(pynvml.nvmlDeviceGetName(handle))),
+        "uuid": probe("uuid", lambda: _text(pynvml.nvmlDeviceGetUUID(handle))),
+        "compute_capability": probe(
+            "compute_capability", lambda: "{}.{}".format(*pynvml.nvmlDeviceGetCudaComputeCapability(handle))),
+        "memory_bytes": probe("memory_bytes", lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)),
+        "errors": probe.errors,
+    }
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)  # older nvidia-ml-py returns bytes
+
+
+def _cuda_version(value: int) -> str:
+    return f"{value // 1000}.{value % 1000 // 10}"  # NVML encodes 12.4 as 12040
+
+
+# --- which differences matter ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FieldClass:
+    changes_numerics: bool
+    why: str
+
+
+_NOT_ARITHMETIC = "does not take part in the arithmetic"
+_DIAGNOSTIC = FieldClass(False, "probe diagnostics")
+
+# Field paths with list indices written as []; "section.*" covers every field below that section. The most specific
+# entry wins; a field in no entry is treated as changing numerics (see classify()).
+FIELD_CLASSES: dict[str, FieldClass] = {
+    "schema_version": FieldClass(False, "the fingerprint's format, not the host"),
+    "host.arch": FieldClass(True, "another architecture runs other machine code"),
+    "host.cpu_vendor": FieldClass(True, "MKL, oneDNN and OpenBLAS choose kernels by CPU vendor"),
+    "host.cpu_model": FieldClass(False, "the model name alone changes nothing; vendor and instruction sets are compared"),
+    "host.cpu_flags": FieldClass(True, "ATen, oneDNN, MKL and OpenBLAS dispatch on instruction sets "
+                                       "(AVX2 and AVX-512 kernels sum in another order)"),
+    "host.logical_cores": FieldClass(False, "the run pins its thread counts (container.threads)"),
+    "host.cpus_available": FieldClass(False, "the run pins its thread counts (container.threads)"),
+    "host.memory_bytes": FieldClass(False, f"memory size {_NOT_ARITHMETIC}"),
+    "host.kernel": FieldClass(False, f"the kernel {_NOT_ARITHMETIC}"),
+    "host.os": FieldClass(False, "the job runs on the image's userland, not the host's"),
+    "host.hostname": FieldClass(False, f"the host's name {_NOT_ARITHMETIC}"),
+    "host.errors.*": _DIAGNOSTIC,
+    "engine.*": FieldClass(False, f"the container engine {_NOT_ARITHMETIC}"),
+    "gpus.available": FieldClass(True, "GPU and CPU kernels differ"),
+    "gpus.reason": _DIAGNOSTIC,
+    "gpus.count": FieldClass(True, "data-parallel jobs split their work by the number of devices"),
+    "gpus.driver_version": FieldClass(True, "the driver JIT-compiles PTX and carries parts of the CUDA stack"),
+    "gpus.cuda_driver_version": FieldClass(True, "follows the driver version"),
+    "gpus.devices": FieldClass(False, "compared device by device below"),
+    "gpus.devices[].index": FieldClass(False, "positions are compared through the fields below"),
+    "gpus.devices[].name": FieldClass(True, "cuBLAS and cuDNN pick algorithms per GPU model"),
+    "gpus.devices[].compute_capability": FieldClass(True, "kernels are compiled and chosen per compute capability"),
+    "gpus.devices[].uuid": FieldClass(False, "names one card; cards of one model compute alike"),
+    "gpus.devices[].memory_bytes": FieldClass(False, f"memory size {_NOT_ARITHMETIC}"),
+    "gpus.devices[].errors.*": _DIAGNOSTIC,
+    "gpus.errors.*": _DIAGNOSTIC,
+    "container.schema_version": FieldClass(False, "the probe's format, not the software"),
+    "container.python.version": FieldClass(True, "the interpreter's math and hashing can change between versions"),
+    "container.python.implementation": FieldClass(True, "another interpreter"),
+    "container.python.executable": FieldClass(False, "a path"),
+    "container.torch.*": FieldClass(True, "torch and its CUDA runtime, cuDNN, NCCL, MKL and oneDNN versions and "
+                                          "ATen's CPU capability choose the kernels"),
+    "container.numpy.*": FieldClass(True, "numpy and its BLAS choose the kernels"),
+    "container.threads.*": FieldClass(True, "reductions split over another number of threads sum in another order"),
+    "container.threads.cpu_count": FieldClass(False, "the run pins its thread counts"),
+    "container.threads.affinity": FieldClass(False, "the run pins its thread counts"),
+    "container.env.*": FieldClass(True, "these variables steer kernel dispatch, threads or TF32"),
+    "container.errors.*": _DIAGNOSTIC,
+}
+_UNCLASSIFIED = FieldClass(True, "not classified; treated as changing numerics to be safe")
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def classify_fields() -> dict[str, FieldClass]:
+    """The classification table: field path (``[]`` for list positions, ``.*`` for a whole section) -> class."""
+    return dict(FIELD_CLASSES)
+
+
+def classify(path: str, cpu_profile: str = "native", vendor_changes_numerics: bool = True) -> FieldClass:
+    """Whether a difference in the field at ``path`` (``gpus.devices[0].name``) changes numerics, and why.
+
+    Args:
+        path: the field's dotted path.
+        cpu_profile: ``native`` (the image uses the host's best instruction sets) or ``portable`` (it is pinned to a
+            baseline, so instruction-set flags no longer matter).
+        vendor_changes_numerics: whether another CPU vendor counts as a numerics change.
+    """
+    generic = _INDEX.sub("[]", path)
+    if generic == "host.cpu_flags" and cpu_profile == "portable":
+        return FieldClass(False, "the portable CPU profile pins kernels to a baseline instruction set")
+    if generic == "host.cpu_vendor" and not vendor_changes_numerics:
+        return FieldClass(False, "CPU vendor differences were declared harmless for this comparison")
+    parts = generic.split(".")
+    for k in range(len(parts), 0, -1):
+        key = ".".join(parts[:k]) + ("" if k == len(parts) else ".*")
+        if key in FIELD_CLASSES:
+            return FIELD_CLASSES[key]
+    return _UNCLASSIFIED
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    path: str
+    recorded: Any
+    current: Any
+    changes_numerics: bool
+    why: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "recorded": self.recorded, "current": self.current,
+                "changes_numerics": self.changes_numerics, "why": self.why}
+
+
+def compare_fingerprints(recorded: Mapping[str, Any], current: Mapping[str, Any], cpu_profile: str = "native",
+                         vendor_changes_numerics: bool = True) -> list[FieldDiff]:
+    """Every field that differs between two fingerprints, with whether the difference changes numerics.
+
+    A field present on one side only (a probe that failed, a section not taken) is a difference too: its value on
+    the other side is ``None``. Instruction-set flags are compared as sets, and the ``why`` names the flags found on
+    one side only.
+
+    Raises:
+        ValueError: an unknown ``cpu_profile``.
+    """
+    if cpu_profile not in CPU_PROFILES:
+        raise ValueError(f"unknown cpu profile {cpu_profile!r}; expected one of {', '.join(CPU_PROFILES)}")
+    old, new = _flatten(recorded), _flatten(current)
+    diffs = []
+    for path in sorted(set(old) | set(new)):
+        a, b = old.get(path), new.get(path)
+        if a == b:
+            continue
+        cls = classify(path, cpu_profile, vendor_changes_numerics)
+        why = cls.why
+        if isinstance(a, list) and isinstance(b, list):
+            only_a, only_b = sorted(set(map(str, a)) - set(map(str, b))), sorted(set(map(str, b)) - set(map(str, a)))
+            if not only_a and not only_b:
+                continue  # same set in another order
+            why = "; ".join(filter(None, [only_a and f"only recorded: {' '.join(only_a)}",
+                                           only_b and f"only current: {' '.join(only_b)}"])) + f" ({cls.why})"
+        elif a is None or b is None:
+            why = f"{'recorded' if a is None else 'current'} host has no value ({cls.why})"
+        diffs.append(FieldDiff(path, a, b, cls.changes_numerics, why))
+    return diffs
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Leaves by dotted path; lists of objects become ``name[i].field``, other lists stay leaves."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, path))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                out.update(_flatten(item, f"{path}[{i}]"))
+        else:
+            out[path] = value
+    return out
