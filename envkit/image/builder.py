@@ -147,8 +147,11 @@ def _docker_build(client: docker.DockerClient, ctx: Path, plan: BuildPlan, no_ca
                 failing = steps[-1] if steps else "the first step"
                 failing = failing if len(failing) <= 90 else failing[:87] + "..."
                 log = "\n".join(step_log[-40:])
+                reason = _ANSI_RE.sub("", item["error"]).strip()
+                m = re.search(r"returned a non-zero code: \d+", reason)
+                reason = m.group(0) if m else reason[-300:]
                 raise BuildError(
-                    f"the image build failed at {failing}: {_ANSI_RE.sub('', item['error']).strip()[-300:]}"
+                    f"the image build failed at {failing}: {reason}"
                     + (f"\n--- log of that step ---\n{log}" if log else ""),
                     hint="the step's log is above; fix the lock or base image and build again",
                 )

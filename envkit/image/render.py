@@ -8,10 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from importlib import resources
 
 from envkit import __version__
 from envkit.lock.model import Lockfile
+from envkit.resources import docker_file, package_file
 from envkit.settings import (
     IMAGE_VENV,
     LABEL_CPU_PROFILE,
@@ -26,11 +26,11 @@ LABEL_BUILD_KEY = "io.envkit.build-key"
 # Files copied into the venv's site-packages of every image: the seeding bootstrap and its helpers. Sources are
 # envkit's own modules (one copy of the logic for host and image), renamed to top-level modules in the image.
 IN_IMAGE_MODULES = {
-    "envkit_bootstrap.py": ("envkit.run", "bootstrap.py"),
-    "envkit_portable.py": ("envkit.run", "portable_ops.py"),
-    "envkit_trace.py": ("envkit.run", "trace.py"),
-    "envkit-bootstrap.pth": ("envkit.docker", "envkit-bootstrap.pth"),
+    "envkit_bootstrap.py": "run/bootstrap.py",
+    "envkit_portable.py": "run/portable_ops.py",
+    "envkit_trace.py": "run/trace.py",
 }
+IN_IMAGE_DOCKER_FILES = ("envkit-bootstrap.pth",)
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,12 @@ def site_packages(lock: Lockfile) -> str:
 def in_image_files() -> dict[str, bytes]:
     """The bootstrap files that go into every image (missing optional modules are skipped)."""
     files: dict[str, bytes] = {}
-    for target, (package, name) in IN_IMAGE_MODULES.items():
-        path = resources.files(package).joinpath(name)
-        if path.is_file():
+    for target, source in IN_IMAGE_MODULES.items():
+        path = package_file(*source.split("/"))
+        if path is not None:
             files[target] = path.read_bytes()
+    for name in IN_IMAGE_DOCKER_FILES:
+        files[name] = docker_file(name).read_bytes()
     return files
 
 
@@ -105,7 +107,7 @@ def _quote(value: str) -> str:
 
 
 def render_dockerfile(lock: Lockfile, cpu_profile: str, build_key: str) -> str:
-    template = resources.files("envkit.docker").joinpath("Dockerfile.template").read_text(encoding="utf-8")
+    template = docker_file("Dockerfile.template").read_text(encoding="utf-8")
     env = image_env(lock, cpu_profile)
     env_lines = " \\\n    ".join(f"{k}={_quote(v)}" for k, v in env.items())
     label_lines = " \\\n      ".join(f"{_quote(k)}={_quote(v)}" for k, v in labels(lock, cpu_profile, build_key).items())
@@ -128,7 +130,7 @@ def compute_build_key(lock: Lockfile, cpu_profile: str, files: dict[str, bytes])
     """
     h = hashlib.sha256()
     h.update(f"{lock.content_sha256}\0{__version__}\0{cpu_profile}\0".encode())
-    template = resources.files("envkit.docker").joinpath("Dockerfile.template").read_bytes()
+    template = docker_file("Dockerfile.template").read_bytes()
     h.update(hashlib.sha256(template).digest())
     for name in sorted(files):
         h.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())

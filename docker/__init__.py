@@ -1,1 +1,0 @@
-"""Dockerfile templates and the files that go into every envkit image (package data: envkit.docker)."""

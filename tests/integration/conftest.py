@@ -1,0 +1,149 @@
+"""Fixtures on the real Docker engine: the base image, the CPU image, a tiny image, a local registry.
+
+The base image and the CPU image are caches shared by every integration test (and by the README's demo): they are
+made once per machine and kept. Throwaway images and containers made by a test carry the label io.envkit.test and
+are removed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_TAG = "envkit/base:bookworm-py3.11"
+
+
+def envkit(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 900,
+           input: str | None = None) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "envkit", *args], capture_output=True, text=True, env=full_env,
+                          cwd=cwd, timeout=timeout, input=input)
+
+
+@pytest.fixture(scope="session")
+def client():
+    import docker
+
+    return docker.from_env(timeout=600)
+
+
+@pytest.fixture(scope="session")
+def base_image(client) -> str:
+    """The Debian base (debootstrap + import), made once per machine: about 45 s the first time."""
+    import docker.errors
+
+    try:
+        client.images.get(BASE_TAG)
+    except docker.errors.ImageNotFound:
+        r = envkit("base", "debian", "bookworm", "--python", "3.11", "--json", timeout=1200)
+        assert r.returncode == 0, r.stderr
+    return BASE_TAG
+
+
+@pytest.fixture(scope="session")
+def session_dir():
+    d = Path(tempfile.mkdtemp(prefix="envkit-it-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cpu_lock(base_image, session_dir) -> Path:
+    """The reference CPU spec locked against this machine's base image."""
+    out = session_dir / "cpu.lock.yaml"
+    r = envkit("lock", str(ROOT / "lockfiles" / "cpu.envkit.yaml"), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def cpu_image(cpu_lock) -> str:
+    """The CPU image (torch 2.13.0 CPU, numpy, scikit-learn): about a minute to build, then a cache hit."""
+    r = envkit("build", str(cpu_lock), "--json", timeout=1800)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["image_id"]
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(base_image, session_dir) -> Path:
+    spec = session_dir / "tiny.envkit.yaml"
+    spec.write_text(f"name: tiny\npython: '3.11'\nbase: {base_image}\npackages: [six]\n")
+    return spec
+
+
+@pytest.fixture(scope="session")
+def tiny_lock(tiny_spec, session_dir) -> Path:
+    out = session_dir / "tiny.lock.yaml"
+    r = envkit("lock", str(tiny_spec), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_image(tiny_lock) -> str:
+    r = envkit("build", str(tiny_lock), "--json", timeout=900)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["image_id"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def registry(session_dir):
+    """Debian's docker-registry on 127.0.0.1 with a config and storage of the test's own."""
+    exe = shutil.which("docker-registry")
+    if exe is None:
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry; .ci/setup-host does)")
+    port = free_port()
+    storage = session_dir / "registry"
+    storage.mkdir()
+    config = session_dir / "registry.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: " + str(storage)
+        + "\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:" + str(port) + "\n"
+    )
+    log = (session_dir / "registry.log").open("w")
+    proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("docker-registry did not start; see " + str(session_dir / "registry.log"))
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cleanup_test_objects():
+    yield
+    try:
+        import docker
+
+        c = docker.from_env(timeout=60)
+        for ctr in c.containers.list(all=True, filters={"label": "io.envkit.test"}):
+            ctr.remove(force=True)
+        for img in c.images.list(filters={"label": "io.envkit.test"}):
+            c.images.remove(img.id, force=True)
+    except Exception:  # noqa: BLE001 - cleanup must never mask a test result
+        pass
