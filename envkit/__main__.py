@@ -1,5 +1,5 @@
 """``python -m envkit`` runs the CLI."""
 
-from envkit.cli import run
+from envkit.cli import console_main
 
-run()
+console_main()

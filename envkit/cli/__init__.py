@@ -76,6 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
 
 
-def run() -> None:
+def console_main() -> None:
     """Console-script entry point."""
     sys.exit(main())

@@ -5,3 +5,4 @@ from envkit.cli import lock as _lock  # noqa: F401
 from envkit.cli import build as _build  # noqa: F401
 from envkit.cli import fingerprint as _fingerprint  # noqa: F401
 from envkit.cli import runs as _runs  # noqa: F401
+from envkit.cli import run as _run  # noqa: F401

@@ -1,0 +1,104 @@
+"""`envkit run`: an unmodified script in its image, seeded, recorded."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from envkit.cli import app
+from envkit.cli._console import err_console, print_json
+from envkit.settings import CPU_PROFILES, DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DETERMINISM_LEVELS
+
+SEED_MAX = 2**32 - 1
+
+
+def _choice(choices: tuple[str, ...]):
+    def check(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+    return check
+
+
+def _gpus(value: str) -> str:
+    if value in ("all", "none") or (value.isdigit() and int(value) > 0):
+        return value
+    raise typer.BadParameter(f"{value!r} is not all, none or a positive count")
+
+
+def _trace(value: str) -> int:
+    if value == "off":
+        return 0
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise typer.BadParameter(f"{value!r} is not 'off' or a positive step interval")
+
+
+@app.command("run", context_settings={"allow_interspersed_args": False})
+def run_cmd(
+    script: str = typer.Argument(..., help="The Python script to run, relative to the project folder."),
+    args: list[str] = typer.Argument(None, help="Arguments passed to the script."),
+    seed: int = typer.Option(..., "--seed", min=0, max=SEED_MAX, help="The run's seed (0 to 2**32-1)."),
+    lock: Path = typer.Option(None, "--lock", help="Lockfile to build or find the image from."),
+    image: str = typer.Option(None, "--image", help="An image reference or ID to run in (instead of --lock)."),
+    determinism: str = typer.Option(DEFAULT_DETERMINISM, "--determinism", callback=_choice(DETERMINISM_LEVELS),
+                                    help="strict | warn | seed | off."),
+    threads: int = typer.Option(DEFAULT_THREADS, "--threads", min=1, max=512,
+                                help="Fixed CPU thread count (torch, OpenMP, MKL); recorded with the run."),
+    gpus: str = typer.Option("none", "--gpus", callback=_gpus, help="all | none | N (NVIDIA container toolkit)."),
+    cpu_profile: str = typer.Option(DEFAULT_CPU_PROFILE, "--cpu-profile", callback=_choice(CPU_PROFILES),
+                                    help="native, or portable (bit-identical across CPU models)."),
+    mount: list[str] = typer.Option(None, "--mount", help="SRC:DST, read-only data hashed as inputs (repeatable)."),
+    trace: str = typer.Option("off", "--trace", help="Record parameter digests every N optimizer steps, or off."),
+    network: str = typer.Option("none", "--network", help="Container network: none (default, hermetic) or bridge."),
+    json_out: bool = typer.Option(False, "--json", help="Print a record summary as JSON at the end."),
+) -> None:
+    """Run SCRIPT in the lock's image with every generator seeded; record the run; print its id last.
+
+    The project folder (the current directory, minus .gitignore'd and .envkitignore'd files) is snapshotted and
+    mounted as the job's writable working copy; files the job creates or changes there are its outputs. The exit
+    code is the job's.
+    """
+    from envkit.engine import connect
+    from envkit.run.executor import JobSpec, Mount, Sink, check_script, execute
+    from envkit.run.images import resolve_image
+    from envkit.settings import store_dir
+    from envkit.store.filestore import FileStore
+
+    project = Path.cwd()
+    rel_script = check_script(project, script)
+    mounts = [Mount.parse(m) for m in mount or []]
+    client = connect()
+    resolved = resolve_image(client, project, lock, image, cpu_profile)
+    job = JobSpec(
+        project=project, script=rel_script, args=list(args or []), image_id=resolved.id, image_ref=resolved.ref,
+        image_digest=resolved.digest, seed=seed, determinism=determinism, threads=threads, cpu_profile=cpu_profile,
+        gpus=gpus, mounts=mounts, trace=_trace(trace), network=network, lock=resolved.lock,
+        command=["envkit", *sys.argv[1:]] if sys.argv and "envkit" in Path(sys.argv[0]).name else [],
+        build_s=resolved.build_s,
+    )
+    store = FileStore(store_dir(project))
+    sink = Sink(None, None) if json_out else None
+    record = execute(client, store, job, sink=sink,
+                     on_started=None if json_out else (lambda rid: err_console.print(f"run {rid} started",
+                                                                                        highlight=False)))
+    if json_out:
+        print_json(summary(record))
+    else:
+        err_console.print(f"run {record.run_id}: {record.status}, exit {record.exit_code}, "
+                          f"{len(record.outputs)} outputs, {record.timings.run_s:.1f} s", highlight=False)
+        typer.echo(record.run_id)
+    code = 130 if record.status == "interrupted" else (record.exit_code or 0)
+    raise typer.Exit(code)
+
+
+def summary(record) -> dict:
+    return {
+        "run_id": record.run_id, "status": record.status, "exit_code": record.exit_code, "seed": record.seed,
+        "determinism": record.determinism, "threads": record.threads, "cpu_profile": record.cpu_profile,
+        "image": record.image.id, "image_digest": record.image.digest, "code_sha256": record.code.sha256,
+        "outputs": [e.to_dict() for e in record.outputs], "timings": record.timings.__dict__,
+        "replay_of": record.replay_of,
+    }

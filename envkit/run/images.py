@@ -1,0 +1,74 @@
+"""Which image a run uses: from a lockfile (built, or found by its build key) or an explicit reference."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from envkit.engine import translated
+from envkit.errors import ImageNotFoundError, LockfileError
+from envkit.settings import LABEL_LOCK_NAME, LABEL_LOCK_SHA
+from envkit.store.record import LockInfo
+
+if TYPE_CHECKING:
+    import docker
+
+
+@dataclass
+class ResolvedImage:
+    id: str
+    ref: str | None
+    digest: str | None  # repo@sha256:... when the image was pushed or pulled
+    lock: LockInfo | None
+    build_s: float | None
+    cpu_profile: str | None  # the profile baked into the image, if envkit built it
+
+
+def resolve_image(client: docker.DockerClient, project: Path, lock_path: Path | None, image: str | None,
+                  cpu_profile: str, progress=None) -> ResolvedImage:
+    """The image for a run.
+
+    Raises:
+        LockfileError: no --lock/--image and not exactly one lockfile in ./lockfiles.
+        ImageNotFoundError: --image names an image this engine does not have.
+    """
+    if lock_path is None and image is None:
+        found = sorted((project / "lockfiles").glob("*.lock.yaml"))
+        if len(found) != 1:
+            raise LockfileError(
+                "no --lock or --image given" + (f", and {len(found)} lockfiles in ./lockfiles" if found else ""),
+                hint="pass --lock lockfiles/NAME.lock.yaml or --image REF",
+            )
+        lock_path = found[0]
+    if lock_path is not None:
+        from envkit.image.builder import build_image
+        from envkit.lock.model import load_lockfile
+
+        lock = load_lockfile(lock_path)
+        t0 = time.monotonic()
+        result = build_image(client, lock, cpu_profile=cpu_profile, progress=progress)
+        digest = _repo_digest(client, result.image_id)
+        return ResolvedImage(result.image_id, result.tag, digest,
+                             LockInfo(path=str(lock_path), sha256=lock.content_sha256, name=lock.name),
+                             round(time.monotonic() - t0, 3), cpu_profile)
+    assert image is not None
+    try:
+        with translated("looking up the image", image=image):
+            img = client.images.get(image)
+    except ImageNotFoundError as exc:
+        raise ImageNotFoundError(f"image {image} is not on this Docker engine",
+                                 hint="build it with `envkit build LOCKFILE`, or pull it first") from exc
+    labels = img.labels or {}
+    lock = LockInfo(sha256=labels[LABEL_LOCK_SHA], name=labels.get(LABEL_LOCK_NAME)) if LABEL_LOCK_SHA in labels \
+        else None
+    digests = img.attrs.get("RepoDigests") or []
+    return ResolvedImage(img.id, image, digests[0] if digests else None, lock, None,
+                         labels.get("io.envkit.cpu-profile"))
+
+
+def _repo_digest(client: docker.DockerClient, image_id: str) -> str | None:
+    with translated("reading the image's registry digests", image=image_id):
+        digests = client.images.get(image_id).attrs.get("RepoDigests") or []
+    return digests[0] if digests else None
