@@ -77,7 +77,7 @@ def run_cmd(
         image_digest=resolved.digest, seed=seed, determinism=determinism, threads=threads, cpu_profile=cpu_profile,
         gpus=gpus, mounts=mounts, trace=_trace(trace), network=network, lock=resolved.lock,
         command=["envkit", *sys.argv[1:]] if sys.argv and "envkit" in Path(sys.argv[0]).name else [],
-        build_s=resolved.build_s,
+        build_s=resolved.build_s, lock_text=resolved.lock_text,
     )
     store = FileStore(store_dir(project))
     sink = Sink(None, None) if json_out else None

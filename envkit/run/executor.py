@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     import docker
 
 LABEL_RUN = "io.envkit.run"
+LOCK_COPY = "lock.yaml"
 OUTPUT_PREFIX = "$ENVKIT_OUTPUT_DIR/"
 # Never outputs: bytecode caches a job's imports may leave (PYTHONDONTWRITEBYTECODE is set, but a job may unset it).
 OUTPUT_EXCLUDE = ("__pycache__/", "*.pyc")
@@ -101,6 +102,7 @@ class JobSpec:
     build_s: float | None = None
     expected_inputs: list[ManifestEntry] | None = None  # replay: inputs must hash to these
     code_source: Path | None = None  # replay: the recorded snapshot instead of the project folder
+    lock_text: str | None = None  # the lockfile's text, kept beside the record
 
 
 @dataclass
@@ -214,6 +216,7 @@ def execute(client: docker.DockerClient, store: FileStore, job: JobSpec, sink: S
         determinism=job.determinism, threads=job.threads, cpu_profile=job.cpu_profile,
         environment=env, image=ImageInfo(id=job.image_id, digest=job.image_digest, ref=job.image_ref),
         lock=job.lock, inputs=inputs, replay_of=job.replay_of, platform_mismatch=job.platform_mismatch,
+        mounts=[{"source": str(m.source), "target": m.target} for m in job.mounts], trace=job.trace,
     )
     record.timings = Timings(build_s=job.build_s)
     code_dir, work_dir, meta_dir, out_dir = (run_dir / n for n in ("code", "work", "meta", "output"))
@@ -234,6 +237,8 @@ def execute(client: docker.DockerClient, store: FileStore, job: JobSpec, sink: S
                            files=code.entries)
     if gi and gi.dirty:
         (run_dir / "git.diff").write_bytes(gi.diff.encode("utf-8", "surrogateescape"))
+    if job.lock_text is not None:
+        (run_dir / LOCK_COPY).write_text(job.lock_text, encoding="utf-8")  # export and rebuild need the lock itself
     record.fingerprint = Fingerprint(**host_fingerprint(client))
     record.started = utc_now()
     store.write(record)

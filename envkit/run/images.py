@@ -24,6 +24,7 @@ class ResolvedImage:
     lock: LockInfo | None
     build_s: float | None
     cpu_profile: str | None  # the profile baked into the image, if envkit built it
+    lock_text: str | None = None
 
 
 def resolve_image(client: docker.DockerClient, project: Path, lock_path: Path | None, image: str | None,
@@ -52,7 +53,7 @@ def resolve_image(client: docker.DockerClient, project: Path, lock_path: Path | 
         digest = _repo_digest(client, result.image_id)
         return ResolvedImage(result.image_id, result.tag, digest,
                              LockInfo(path=str(lock_path), sha256=lock.content_sha256, name=lock.name),
-                             round(time.monotonic() - t0, 3), cpu_profile)
+                             round(time.monotonic() - t0, 3), cpu_profile, lock_path.read_text(encoding="utf-8"))
     assert image is not None
     try:
         with translated("looking up the image", image=image):

@@ -121,6 +121,9 @@ class RunRecord:
     replay_of: str | None = None
     platform_mismatch: bool = False
     notes: list[str] = field(default_factory=list)
+    mounts: list[dict[str, str]] = field(default_factory=list)  # [{"source": host path, "target": container path}]
+    trace: int = 0  # step-trace interval (0: off)
+    verdict: dict[str, Any] | None = None  # replays: IDENTICAL / DIVERGED / FAILED and the evidence
 
     def __post_init__(self) -> None:
         self.environment = redact_environment(self.environment)
