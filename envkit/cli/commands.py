@@ -7,3 +7,4 @@ from envkit.cli import fingerprint as _fingerprint  # noqa: F401
 from envkit.cli import runs as _runs  # noqa: F401
 from envkit.cli import run as _run  # noqa: F401
 from envkit.cli import replay as _replay  # noqa: F401
+from envkit.cli import bundle as _bundle  # noqa: F401
