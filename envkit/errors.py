@@ -181,3 +181,9 @@ def all_error_classes() -> list[type[EnvkitError]]:
         seen.append(cls)
         stack.extend(cls.__subclasses__())
     return seen
+
+
+class HealthCheckError(EnvkitError):
+    """`envkit doctor` found a problem that stops envkit from working here."""
+
+    exit_code = 26

@@ -158,7 +158,7 @@ def replay_job(record: RunRecord, run_dir: Path, image_id: str, mismatch: bool,
         determinism=record.determinism, threads=record.threads, cpu_profile=record.cpu_profile, mounts=mounts,
         trace=record.trace, lock=record.lock, command=[], replay_of=record.run_id, platform_mismatch=mismatch,
         expected_inputs=list(record.inputs), code_source=run_dir / "code",
-        extra_env={k: v for k, v in env.items() if k.startswith("ENVKIT_TRACE_GRADS")},
+        extra_env=_user_env(record), memory=record.memory,
         lock_text=(run_dir / LOCK_COPY).read_text() if (run_dir / LOCK_COPY).is_file() else None,
     )
 
@@ -170,6 +170,24 @@ def run_replay(client: docker.DockerClient, store: FileStore, record: RunRecord,
     replay.verdict = verdict.to_dict()
     store.write(replay)
     return replay, verdict
+
+
+def _user_env(record: RunRecord) -> dict[str, str]:
+    """The variables the user added with --env (the rest envkit derives again from the record's options).
+
+    Redacted values cannot be replayed; they are left out, and the job sees them unset.
+    """
+    from envkit.run.executor import job_environment
+    from envkit.store.record import REDACTED
+
+    derived = job_environment(replay_job_stub(record), record.run_id)
+    return {k: v for k, v in record.environment.items() if k not in derived and v != REDACTED}
+
+
+def replay_job_stub(record: RunRecord) -> JobSpec:
+    return JobSpec(project=Path("."), script="", args=[], image_id="", image_ref=None, image_digest=None,
+                   seed=int(record.seed or 0), determinism=record.determinism, threads=record.threads,
+                   cpu_profile=record.cpu_profile, trace=record.trace)
 
 
 # --- 4. the verdict ----------------------------------------------------------------------------------------------

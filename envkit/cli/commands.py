@@ -8,3 +8,4 @@ from envkit.cli import runs as _runs  # noqa: F401
 from envkit.cli import run as _run  # noqa: F401
 from envkit.cli import replay as _replay  # noqa: F401
 from envkit.cli import bundle as _bundle  # noqa: F401
+from envkit.cli import doctor as _doctor  # noqa: F401

@@ -53,6 +53,9 @@ def run_cmd(
     mount: list[str] = typer.Option(None, "--mount", help="SRC:DST, read-only data hashed as inputs (repeatable)."),
     trace: str = typer.Option("off", "--trace", help="Record parameter digests every N optimizer steps, or off."),
     network: str = typer.Option("none", "--network", help="Container network: none (default, hermetic) or bridge."),
+    env: list[str] = typer.Option(None, "--env", help="KEY=VALUE for the job (repeatable); secrets are redacted in "
+                                                       "the record."),
+    memory: str = typer.Option(None, "--memory", help="Memory limit, e.g. 4g; a job killed for memory is marked oom."),
     json_out: bool = typer.Option(False, "--json", help="Print a record summary as JSON at the end."),
 ) -> None:
     """Run SCRIPT in the lock's image with every generator seeded; record the run; print its id last.
@@ -70,6 +73,7 @@ def run_cmd(
     project = Path.cwd()
     rel_script = check_script(project, script)
     mounts = [Mount.parse(m) for m in mount or []]
+    extra_env = _parse_env(env or [])
     client = connect()
     resolved = resolve_image(client, project, lock, image, cpu_profile)
     job = JobSpec(
@@ -77,7 +81,7 @@ def run_cmd(
         image_digest=resolved.digest, seed=seed, determinism=determinism, threads=threads, cpu_profile=cpu_profile,
         gpus=gpus, mounts=mounts, trace=_trace(trace), network=network, lock=resolved.lock,
         command=["envkit", *sys.argv[1:]] if sys.argv and "envkit" in Path(sys.argv[0]).name else [],
-        build_s=resolved.build_s, lock_text=resolved.lock_text,
+        build_s=resolved.build_s, lock_text=resolved.lock_text, extra_env=extra_env, memory=memory,
     )
     store = FileStore(store_dir(project))
     sink = Sink(None, None) if json_out else None
@@ -92,6 +96,20 @@ def run_cmd(
         typer.echo(record.run_id)
     code = 130 if record.status == "interrupted" else (record.exit_code or 0)
     raise typer.Exit(code)
+
+
+def _parse_env(items: list[str]) -> dict[str, str]:
+    import re
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
+        if key.startswith("ENVKIT_") or key in ("PYTHONHASHSEED",):
+            raise typer.BadParameter(f"{key} is set by envkit from the run's options", param_hint="--env")
+        out[key] = value
+    return out
 
 
 def summary(record) -> dict:

@@ -103,6 +103,7 @@ class JobSpec:
     expected_inputs: list[ManifestEntry] | None = None  # replay: inputs must hash to these
     code_source: Path | None = None  # replay: the recorded snapshot instead of the project folder
     lock_text: str | None = None  # the lockfile's text, kept beside the record
+    memory: str | None = None  # container memory limit (docker syntax, e.g. 4g)
 
 
 @dataclass
@@ -217,6 +218,7 @@ def execute(client: docker.DockerClient, store: FileStore, job: JobSpec, sink: S
         environment=env, image=ImageInfo(id=job.image_id, digest=job.image_digest, ref=job.image_ref),
         lock=job.lock, inputs=inputs, replay_of=job.replay_of, platform_mismatch=job.platform_mismatch,
         mounts=[{"source": str(m.source), "target": m.target} for m in job.mounts], trace=job.trace,
+        memory=job.memory,
     )
     record.timings = Timings(build_s=job.build_s)
     code_dir, work_dir, meta_dir, out_dir = (run_dir / n for n in ("code", "work", "meta", "output"))
@@ -258,7 +260,8 @@ def execute(client: docker.DockerClient, store: FileStore, job: JobSpec, sink: S
                     job.image_id, command=["python", job.script, *job.args], working_dir=CONTAINER_WORKDIR,
                     environment=env, volumes=volumes, user=f"{os.getuid()}:{os.getgid()}",
                     network_mode=job.network, labels={LABEL_RUN: run_id}, device_requests=_device_requests(job.gpus),
-                    stdin_open=False, tty=False, detach=True,
+                    stdin_open=False, tty=False, detach=True, mem_limit=job.memory,
+                    memswap_limit=job.memory,
                 )
             except Exception as exc:  # noqa: BLE001 - re-raised as a JobError with the engine's reason
                 import docker.errors

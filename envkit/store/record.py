@@ -123,6 +123,7 @@ class RunRecord:
     notes: list[str] = field(default_factory=list)
     mounts: list[dict[str, str]] = field(default_factory=list)  # [{"source": host path, "target": container path}]
     trace: int = 0  # step-trace interval (0: off)
+    memory: str | None = None  # container memory limit
     verdict: dict[str, Any] | None = None  # replays: IDENTICAL / DIVERGED / FAILED and the evidence
 
     def __post_init__(self) -> None:

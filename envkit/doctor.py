@@ -1,0 +1,83 @@
+"""`envkit doctor`: is this host ready? Each check says what it found and, when it fails, what to do."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+    required: bool = True
+
+
+def run_checks(store_root: Path, cache_root: Path) -> list[Check]:
+    checks = [_engine(), _gpu(), _writable("run store", store_root, "set ENVKIT_HOME to a writable folder"),
+              _writable("cache", cache_root, "set ENVKIT_CACHE to a writable folder"),
+              _tool("debootstrap", "apt-get install -y debootstrap", "making base images (envkit base)"),
+              _tool("docker-registry", "apt-get install -y docker-registry", "a local registry for --push tests")]
+    checks.append(_disk(cache_root))
+    return checks
+
+
+def _engine() -> Check:
+    from envkit.engine import connect, engine_info
+    from envkit.errors import EnvkitError
+
+    try:
+        info = engine_info(connect(timeout=10))
+    except EnvkitError as exc:
+        return Check("Docker engine", False, exc.message, exc.hint)
+    return Check("Docker engine", True, f"{info['version']} ({info['storage_driver']}, {info['arch']})")
+
+
+def _gpu() -> Check:
+    from envkit.fingerprint import gpu_section
+
+    gpus = gpu_section()
+    if not gpus.get("available"):
+        return Check("GPUs", True, f"none ({gpus.get('reason', 'NVML not available')}); jobs run on the CPU",
+                     required=False)
+    names = ", ".join(d.get("name", "?") for d in gpus.get("devices", []))
+    try:
+        from envkit.engine import connect
+
+        runtimes = (connect(timeout=10).info().get("Runtimes") or {}).keys()
+    except Exception:  # noqa: BLE001 - the engine check reports engine problems
+        runtimes = ()
+    if "nvidia" not in runtimes:
+        return Check("GPUs", False, f"{names}, but the Docker engine has no nvidia runtime",
+                     "install the NVIDIA container toolkit (nvidia-ctk runtime configure --runtime=docker)")
+    return Check("GPUs", True, f"{names}; driver {gpus.get('driver_version')}")
+
+
+def _writable(name: str, root: Path, fix: str) -> Check:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".doctor-"):
+            pass
+    except OSError as exc:
+        return Check(name, False, f"{root}: {exc.strerror}", fix)
+    return Check(name, True, str(root))
+
+
+def _tool(name: str, fix: str, purpose: str) -> Check:
+    path = shutil.which(name)
+    return Check(name, path is not None, path or f"not installed (needed for {purpose})", None if path else fix,
+                 required=False)
+
+
+def _disk(root: Path) -> Check:
+    probe = root if root.exists() else Path(os.path.expanduser("~"))
+    free = shutil.disk_usage(probe).free
+    ok = free > 10 * 2**30
+    return Check("disk", ok, f"{free / 2**30:.0f} GiB free at {probe}",
+                 None if ok else "free space: a CPU image with torch needs about 2 GiB, a CUDA image 10 GiB or more",
+                 required=False)
