@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,6 @@ from envkit.cli import app
 from envkit.cli._console import err_console, print_json
 
 if TYPE_CHECKING:
-    from envkit.store.filestore import RunSummary
     from envkit.store.record import RunRecord
 
 _COLUMNS = ("RUN ID", "STATUS", "SEED", "DETERMINISM", "SCRIPT", "EXIT", "DURATION", "IMAGE")
@@ -37,16 +37,16 @@ def runs_cmd(
     for broken in listing.broken:
         err_console.print(f"warning: skipped {broken.name}: {broken.reason}", highlight=False, markup=False)
     if json_out:
-        # One run per line: still a JSON list, but written by json's C encoder (indent= falls back to the pure-Python
-        # one, which costs more than the listing itself for 10,000 runs).
-        rows = [json.dumps(s.to_dict(), sort_keys=True) for s in listing.runs]
+        # One run per line: still a JSON list, made of the summaries' stored text (encoding 10,000 objects again,
+        # let alone with indent=, which falls back to json's pure-Python encoder, costs more than the listing).
+        rows = listing.summaries_json
         sys.stdout.write("[\n  " + ",\n  ".join(rows) + "\n]\n" if rows else "[]\n")
         sys.stdout.flush()
         return
     if not listing.runs:
         err_console.print(f"no runs in {store.root}", highlight=False, markup=False)
         return
-    typer.echo(render_runs_table(listing.runs), nl=False)
+    typer.echo(render_runs_table(listing.rows), nl=False)
 
 
 @app.command("show")
@@ -66,11 +66,16 @@ def show_cmd(
         typer.echo(render_record(record, store.run_dir(record.run_id)), nl=False)
 
 
-def render_runs_table(runs: list[RunSummary]) -> str:
-    """Fixed-width columns, one run a line (plain text: fast for thousands of runs, easy to grep)."""
+def render_runs_table(runs: Iterable[Mapping[str, Any]]) -> str:
+    """Fixed-width columns, one run a line (plain text: fast for thousands of runs, easy to grep).
+
+    Args:
+        runs: run summaries as dicts (``Listing.rows`` or ``RunSummary.to_dict()``); building 10,000 objects first
+            would cost as much as the rendering.
+    """
     rows = [_COLUMNS] + [
-        (s.run_id, s.status, _v(s.seed, "-"), s.determinism, _v(s.script, "-"), _v(s.exit_code, "-"),
-         duration(s.duration_s), short_image(s.image_id))
+        (s["run_id"], s["status"], _v(s["seed"], "-"), s["determinism"], _v(s["script"], "-"),
+         _v(s["exit_code"], "-"), duration(s["duration_s"]), short_image(s["image_id"]))
         for s in runs
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]

@@ -73,7 +73,7 @@ def test_record_round_trip_and_redaction(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("change", "message"), [
     ({"schema_version": 99}, "schema version 99"),
     ({"schema_version": "1"}, "no valid schema_version"),
-    ({"verdict": "identical"}, "unknown keys: verdict"),
+    ({"colour": "blue"}, "unknown keys: colour"),
     ({"seed": "42"}, "seed: expected int"),
     ({"status": "done"}, "status is 'done'"),
     ({"image": {"id": "x", "size": 3}}, "image has unknown keys: size"),
@@ -144,6 +144,12 @@ def test_index_is_only_a_cache(tmp_path: Path) -> None:
     # A lost or damaged index changes nothing but speed.
     store.index_path.write_bytes(b"garbage\n[1, 2]\n" + store.index_path.read_bytes()[:-30])
     assert [s.run_id for s in store.list().runs] == [r.run_id for r in reversed(records)]
+    # A torn append glued to the next line, and a line whose JSON is damaged inside its braces.
+    lines = store.index_path.read_bytes().splitlines(keepends=True)
+    store.index_path.write_bytes(lines[-1][:30] + lines[-2] + lines[-1].replace(b'"status": ', b'"status ') + b"\n")
+    listing = store.list()
+    assert [s.run_id for s in listing.runs] == [r.run_id for r in reversed(records)]
+    assert [json.loads(t)["run_id"] for t in listing.summaries_json] == [r.run_id for r in reversed(records)]
     store.index_path.unlink()
     assert [s.status for s in store.list().runs] == ["running", "running", "interrupted"]
     assert store.index_path.exists()
@@ -169,7 +175,10 @@ def test_twenty_concurrent_writer_processes(tmp_path: Path) -> None:
     assert [p.exitcode for p in procs] == [0] * 20
     store = FileStore(tmp_path)
     index_lines = store.index_path.read_bytes().splitlines()
-    assert len(index_lines) == 100 and all(json.loads(line) for line in index_lines)  # no interleaved appends
+    assert len(index_lines) == 100  # whole lines: no append was interleaved with another
+    for line in index_lines:
+        version, run_id, key, summary = line.split(b"\t")
+        assert json.loads(summary)["run_id"] == run_id.decode()
     listing = store.list()
     assert len(listing.runs) == 20 and listing.broken == []
     for summary in listing.runs:
