@@ -20,6 +20,7 @@ ENV_RUN_ID = "ENVKIT_RUN_ID"
 ENV_CPU_PROFILE = "ENVKIT_CPU_PROFILE"  # native | portable
 ENV_TRACE = "ENVKIT_TRACE"  # step-trace interval (0 = off)
 ENV_TRACE_FILE = "ENVKIT_TRACE_FILE"
+ENV_BOOTSTRAP_ROOT = "ENVKIT_BOOTSTRAP_ROOT"  # set by the bootstrap: pid of the job's first process (main vs children)
 
 DETERMINISM_LEVELS = ("strict", "warn", "seed", "off")
 DEFAULT_DETERMINISM = "strict"
