@@ -1,0 +1,92 @@
+"""Start-up cost of the seeding bootstrap: `python -c pass` with it active against plain Python, in one run.
+
+    python benchmarks/bench_bootstrap_startup.py [--runs 80]
+
+Builds throw-away venvs (no system site-packages, like the image's venv) and times `python -c pass` as a fresh
+process, the variants interleaved run by run so that load from elsewhere hits them alike. All runs use
+PYTHONDONTWRITEBYTECODE=1, as the image does.
+
+- plain: a venv without the bootstrap;
+- installed, idle: envkit_bootstrap.py + envkit-bootstrap.pth in site-packages, ENVKIT_SEED unset (every Python
+  process in an image outside `envkit run`);
+- active: ENVKIT_SEED, PYTHONHASHSEED and ENVKIT_REPORT_DIR set, as `envkit run` sets them: the finder is installed
+  and the report written;
+- active, no .pyc: the same without a byte-compiled bootstrap (why the image build must compile it: with
+  PYTHONDONTWRITEBYTECODE=1 the cache is never written, so every process would compile the module again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_venv(root: Path, name: str, bootstrap: bool, compiled: bool = True) -> Path:
+    venv = root / name
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    if bootstrap:
+        purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 check=True, capture_output=True, text=True).stdout.strip()
+        site = Path(purelib)
+        shutil.copyfile(REPO / "envkit" / "run" / "bootstrap.py", site / "envkit_bootstrap.py")
+        shutil.copyfile(REPO / "docker" / "envkit-bootstrap.pth", site / "envkit-bootstrap.pth")
+        if compiled:
+            subprocess.run([str(python), "-m", "compileall", "-q", str(site / "envkit_bootstrap.py")], check=True)
+    return python
+
+
+def time_once(python: Path, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([str(python), "-c", "pass"], env=env, check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=80, help="runs per variant (interleaved)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="envkit-bench-") as tmp:
+        root = Path(tmp)
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith("ENVKIT_") and k not in ("PYTHONHASHSEED", "PYTHONPATH")}
+        base["PYTHONDONTWRITEBYTECODE"] = "1"
+        run_env = dict(base, ENVKIT_SEED="42", PYTHONHASHSEED="42", ENVKIT_REPORT_DIR=str(root / "reports"))
+        plain = make_venv(root, "plain", bootstrap=False)
+        with_bootstrap = make_venv(root, "bootstrap", bootstrap=True)
+        uncompiled = make_venv(root, "uncompiled", bootstrap=True, compiled=False)
+        variants = {
+            "plain": (plain, base),
+            "installed, idle": (with_bootstrap, base),
+            "active": (with_bootstrap, run_env),
+            "active, no .pyc": (uncompiled, run_env),
+        }
+        for python, env in variants.values():  # warm the page cache before timing
+            time_once(python, env)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.runs):
+            for name, (python, env) in variants.items():
+                times[name].append(time_once(python, env))
+
+    medians = {name: statistics.median(values) * 1000 for name, values in times.items()}
+    reference = medians["plain"]
+    print(f"python -c pass, median of {args.runs} interleaved runs each (Python {sys.version.split()[0]})")
+    print(f"{'variant':<18} {'median ms':>10} {'added ms':>9} {'ratio':>6}")
+    for name, median in medians.items():
+        print(f"{name:<18} {median:>10.2f} {median - reference:>+9.2f} {median / reference:>6.3f}")
+    print(f"bootstrap active adds {medians['active'] - reference:.2f} ms "
+          f"({medians['active'] / reference:.3f}x plain); budget 15 ms")
+
+
+if __name__ == "__main__":
+    main()
