@@ -80,7 +80,8 @@ def bench(name: str, root: Path, total: int, repeat: int) -> None:
     print(f"\n{name}: {len(files)} files, {gb:.2f} GB")
     print(f"  envkit manifest()            {gb / ours:6.2f} GB/s")
     print(f"  sha256sum (1 process)        {gb / plain:6.2f} GB/s   envkit / sha256sum = {plain / ours:.2f}x")
-    print(f"  sha256sum (xargs -P {cores:<2})      {gb / plain_p:6.2f} GB/s   envkit / parallel  = {plain_p / ours:.2f}x")
+    print(f"  sha256sum (xargs -P {cores:<2})      {gb / plain_p:6.2f} GB/s   "
+          f"envkit / parallel  = {plain_p / ours:.2f}x")
     print(f"  envkit snapshot() copy+hash  {gb / snap:6.2f} GB/s")
     print(f"  cp -a (copy, no hash)        {gb / copy:6.2f} GB/s   snapshot / cp -a   = {copy / snap:.2f}x")
 

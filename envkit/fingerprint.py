@@ -202,7 +202,7 @@ FIELD_CLASSES: dict[str, FieldClass] = {
     "schema_version": FieldClass(False, "the fingerprint's format, not the host"),
     "host.arch": FieldClass(True, "another architecture runs other machine code"),
     "host.cpu_vendor": FieldClass(True, "MKL, oneDNN and OpenBLAS choose kernels by CPU vendor"),
-    "host.cpu_model": FieldClass(False, "the model name alone changes nothing; vendor and instruction sets are compared"),
+    "host.cpu_model": FieldClass(False, "the model name alone changes nothing; vendor and instruction sets count"),
     "host.cpu_flags": FieldClass(True, "ATen, oneDNN, MKL and OpenBLAS dispatch on instruction sets "
                                        "(AVX2 and AVX-512 kernels sum in another order)"),
     "host.logical_cores": FieldClass(False, "the run pins its thread counts (container.threads)"),

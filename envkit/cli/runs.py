@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -79,7 +78,7 @@ def render_runs_table(runs: Iterable[Mapping[str, Any]]) -> str:
         for s in runs
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
-    return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n" for r in rows)
+    return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n" for r in rows)
 
 
 def render_record(record: RunRecord, run_dir: Path) -> str:

@@ -120,18 +120,15 @@ def list_project_files(root: Path, exclude_dirs: Iterable[Path] = ()) -> list[st
     root = Path(root)
     listed = _git_list(root)
     files = listed if listed is not None else _walk(root, "", _gitignore(root, ""))
-    rules = IgnoreRules.parse("\n".join(f"{name}" for name in ALWAYS_EXCLUDED)) + _read_rules(root / ENVKITIGNORE)
+    rules = IgnoreRules.parse("\n".join(ALWAYS_EXCLUDED)) + _read_rules(root / ENVKITIGNORE)
     skip = []
     for d in exclude_dirs:
         try:
             skip.append(Path(d).resolve().relative_to(root.resolve()).as_posix())
         except ValueError:
             continue  # not under the project
-    result = sorted(
-        f for f in set(files)
-        if not rules.excludes(f) and not any(f == s or f.startswith(s + "/") for s in skip)
-    )
-    return result
+    return sorted(f for f in set(files)
+                  if not rules.excludes(f) and not any(f == s or f.startswith(s + "/") for s in skip))
 
 
 def _git_list(root: Path) -> list[str] | None:

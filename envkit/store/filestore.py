@@ -282,7 +282,7 @@ class FileStore:
         except ValueError:
             parsed = [_loads_or_none(p[3]) for p in entries]
         cached = {}
-        for parts, row in zip(entries, parsed):
+        for parts, row in zip(entries, parsed, strict=True):
             if isinstance(row, dict) and row.keys() == _SUMMARY_KEYS:
                 cached[parts[1]] = (parts[2], parts[3], row)
         return cached, len(lines) - 1

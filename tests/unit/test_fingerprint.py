@@ -234,4 +234,4 @@ def test_cli_without_an_engine(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     assert err.startswith("note:") and "not reachable" in err
     assert main(["fingerprint"]) == 0
     out, _ = capsys.readouterr()
-    assert out.startswith("host\n") and "\ngpus\n" in out and f"hostname" in out
+    assert out.startswith("host\n") and "\ngpus\n" in out and "hostname" in out

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,7 +156,7 @@ def test_index_is_only_a_cache(tmp_path: Path) -> None:
     assert store.index_path.exists()
 
 
-def _writer(root: str, barrier: multiprocessing.synchronize.Barrier, updates: int) -> None:  # type: ignore[name-defined]
+def _writer(root: str, barrier: Any, updates: int) -> None:
     store = FileStore(Path(root))
     run_id = store.create_run()
     barrier.wait()
