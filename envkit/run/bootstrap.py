@@ -8,9 +8,10 @@ interpreter of the job runs it, because they all inherit the environment: the sc
 children (DataLoader workers, pools), torchrun ranks. Fork children inherit the seeded state and the hooks.
 
 How it stays cheap. ``activate()`` imports nothing beyond ``os`` and ``sys``: it puts a finder first on
-``sys.meta_path`` that wraps the loader of ``random``, ``numpy.random``, ``torch``, ``torch.utils.data.dataloader``
-and ``multiprocessing.pool``, so each library is seeded right after the job itself first imports it. Nothing here
-imports numpy or torch; a job that imports neither pays only for this module and the report.
+``sys.meta_path`` that wraps the loader of ``random``, ``numpy.random``, ``torch``, ``torch.utils.data.dataloader``,
+``multiprocessing.pool`` and ``concurrent.futures.process``, so each is seeded or patched right after the job itself
+first imports it. Nothing here imports numpy or torch; a job that imports neither pays only for this module and the
+report.
 
 What it does, by determinism level (``ENVKIT_DETERMINISM``):
 
@@ -25,8 +26,9 @@ Seeds per process. The script, its subprocesses, spawn children and every torchr
 legacy generator and torch (CPU and, lazily, every CUDA device) with the run's seed itself, as Lightning's
 ``seed_everything`` does on every rank. A DataLoader worker reseeds them from (its base seed, its rank), so workers
 and ranks differ; a multiprocessing pool worker reseeds them before each task from (job id, task index), so
-``pool.map`` gives the same results whichever worker runs which task. A fork child keeps numpy's and torch's state
-and gets a derived ``random`` seed (Python reseeds ``random`` from urandom in every fork child).
+``pool.map`` gives the same results whichever worker runs which task (the same for ``ProcessPoolExecutor``, from
+(executor number, task number) given in submission order). A fork child keeps numpy's and torch's state and gets
+a derived ``random`` seed (Python reseeds ``random`` from urandom in every fork child).
 
 The report: one JSON file per process, ``$ENVKIT_REPORT_DIR/bootstrap-<pid>.json``, written at activation and
 rewritten (temp file + ``os.replace``) whenever a library gets seeded or the process becomes a worker, so a fork
@@ -37,7 +39,8 @@ mapping of names to scalars. ``null`` where a field does not apply or torch is n
 schema_version             1
 pid, ppid                  ints
 role                       ``main``, ``subprocess``, ``spawn child``, ``fork child``, ``rank N``,
-                           ``dataloader worker K``, ``dataloader worker K of rank N``, ``pool worker``
+                           ``dataloader worker K``, ``dataloader worker K of rank N``, ``pool worker``,
+                           ``executor worker``
 rank, worker_id            torch.distributed rank (``RANK``), DataLoader worker id
 seed                       the run's seed (``ENVKIT_SEED``)
 process_seed               the seed the global generators of this process got last (a derived one in workers)
@@ -108,6 +111,7 @@ class _State:
         self.hooks_installed = False
         self.extensions_done = False
         self.fork_seed = 0  # drawn in the parent just before each fork, for the child's random
+        self.executors = 0  # ProcessPoolExecutors created so far (their tasks are numbered per executor)
 
 
 _S = _State()
@@ -330,7 +334,7 @@ def _configure(seed, level, threads, report_dir, in_run):
         for var in THREAD_ENV_VARS:  # read by OpenMP / MKL / OpenBLAS when they load, so set them now
             if os.environ.setdefault(var, str(threads)) != str(threads):
                 _warn(f"{var}={os.environ[var]} from the environment differs from the pinned thread count "
-                      f"{threads}; torch's intra-op threads are pinned to {threads}")
+                      f"{threads}; torch's intra-op threads are pinned to {threads}", stderr=_is_main())
     if _S.derive:
         # cuBLAS reads it when CUDA initialises: the image sets it; this covers seed_everything() on a host.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -370,7 +374,7 @@ def _check_hashseed(seed):
     if not ok:
         message = (f"PYTHONHASHSEED in effect is {value!r}, not the run's seed {seed}: str and bytes hashes "
                    "(set order, hash()) can differ between runs")
-        _warn(message, stderr=_S.in_run)
+        _warn(message, stderr=_S.in_run and _is_main())  # seed_everything() comes too late to change it: report only
 
 
 def _env_rank():
@@ -386,6 +390,11 @@ def _current_rank():
     except Exception:  # noqa: BLE001 - a half-torn-down process group: fall back to the environment
         pass
     return _env_rank()
+
+
+def _is_main():
+    # Children inherit the environment, so a warning about it is printed once, by the job's first process.
+    return _S.report["role"] == "main"
 
 
 def _warn(message, stderr=True):
@@ -409,7 +418,8 @@ def derive_seed(*parts):
     h = 0
     for part in parts:
         if isinstance(part, str):
-            tag, n = 1, int.from_bytes(part.encode(), "little")
+            data = part.encode()
+            tag, n = 1 | len(data) << 2, int.from_bytes(data, "little")
         else:
             n = -1 if part is None else int(part)
             tag, n = (2, n) if n >= 0 else (3, -n)
@@ -458,6 +468,8 @@ class _HookLoader:
         self._name = name
 
     def __getattr__(self, name):  # get_source, get_filename, ... for code that inspects a spec it looked up
+        if name == "_loader":  # not set yet (copy, pickle): no endless recursion
+            raise AttributeError(name)
         return getattr(self._loader, name)
 
     def create_module(self, spec):
@@ -729,9 +741,51 @@ class _TaskSeedingQueue:
     def get(self):
         task = self._queue.get()
         if isinstance(task, tuple) and len(task) == 5:  # (job, i, func, args, kwds); None ends the worker
-            stream = ("pool", task[0], task[1] if task[1] is not None else -1)
-            _enter_stream(stream, derive_seed(_S.seed, *stream))
+            _enter_task(("pool", task[0], task[1] if task[1] is not None else -1), "pool worker")
         return task
+
+
+def _hook_executor(module):
+    executor_cls = module.ProcessPoolExecutor
+    if getattr(executor_cls, "_envkit_patched", False):
+        return
+    original = executor_cls.submit
+
+    def submit(self, fn, /, *args, **kwargs):
+        if _S.active and _S.level != "off":
+            # Numbered in the parent, in submission order: (executor, task) names the task whoever runs it.
+            if getattr(self, "_envkit_index", None) is None:
+                self._envkit_index, self._envkit_tasks = _S.executors, 0
+                _S.executors += 1
+            fn = _SeededCall(fn, ("executor", self._envkit_index, self._envkit_tasks))
+            self._envkit_tasks += 1
+        return original(self, fn, *args, **kwargs)
+
+    submit.__doc__, submit.__wrapped__ = original.__doc__, original
+    executor_cls.submit = submit
+    executor_cls._envkit_patched = True
+
+
+class _SeededCall:
+    """A ProcessPoolExecutor task that reseeds the worker from its (executor, task) numbers before it runs."""
+
+    def __init__(self, fn, stream):
+        self.fn = fn
+        self.stream = stream
+
+    def __call__(self, *args, **kwargs):
+        _impl()._enter_task(self.stream, "executor worker")
+        return self.fn(*args, **kwargs)
+
+
+def _enter_task(stream, role):
+    _ensure_active()
+    if _S.active and _S.level != "off":
+        first = _S.report["role"] != role
+        _enter_stream(tuple(stream), derive_seed(_S.seed, *stream), role)
+        if first:
+            _sync_report()
+            _write_report()
 
 
 def _ensure_active():
@@ -747,6 +801,7 @@ _HOOKS = {
     "torch": (_hook_torch, _reseed_torch),
     "torch.utils.data.dataloader": (_hook_dataloader, None),
     "multiprocessing.pool": (_hook_pool, None),
+    "concurrent.futures.process": (_hook_executor, None),
 }
 
 

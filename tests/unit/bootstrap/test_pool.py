@@ -1,4 +1,4 @@
-"""multiprocessing pools: pool.map over a function that draws random numbers repeats, whoever runs which task."""
+"""Process pools: map over a function that draws random numbers repeats, whichever worker runs which task."""
 
 from __future__ import annotations
 
@@ -19,5 +19,7 @@ def test_pool_map_repeats_whatever_the_worker_assignment(runner, method):
     assert len({row[1] for row in first}) == len(first)  # each task draws its own numbers
     assert all(row[1] != row[2] for row in first)  # random and numpy are not one stream
     assert one.data["first"] != one.data["second"]  # a second map is a new job with new draws
+    assert one.data["executor"] != other.data["executor"]
+    assert len({row[1] for row in one.data["executor"]}) == len(first)
     # A worker still starting when the pool is torn down never gets to write one, so only "some".
     assert any(r["role"] == "pool worker" for r in three.reports)

@@ -1,9 +1,10 @@
-"""pool.map over a function that draws random numbers, with a given pool size and start method."""
+"""pool.map and ProcessPoolExecutor.map over a function that draws random numbers; argv: start method, pool size."""
 
 import json
 import multiprocessing as mp
 import random
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -14,7 +15,10 @@ def task(i):
 
 if __name__ == "__main__":
     method, processes = sys.argv[1], int(sys.argv[2])
-    with mp.get_context(method).Pool(processes) as pool:
+    context = mp.get_context(method)
+    with context.Pool(processes) as pool:
         first = pool.map(task, range(6), chunksize=1)
         second = pool.map(task, range(6), chunksize=2)
-    print(json.dumps({"first": first, "second": second, "main": random.random()}))
+    with ProcessPoolExecutor(processes, mp_context=context) as executor:
+        executor_map = list(executor.map(task, range(6)))
+    print(json.dumps({"first": first, "second": second, "executor": executor_map, "main": random.random()}))
