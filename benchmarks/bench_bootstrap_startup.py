@@ -1,6 +1,6 @@
 """Start-up cost of the seeding bootstrap: `python -c pass` with it active against plain Python, in one run.
 
-    python benchmarks/bench_bootstrap_startup.py [--runs 80]
+    python benchmarks/bench_bootstrap_startup.py [--runs 80] [--torch-runs 0]
 
 Builds throw-away venvs (no system site-packages, like the image's venv) and times `python -c pass` as a fresh
 process, the variants interleaved run by run so that load from elsewhere hits them alike. All runs use
@@ -13,6 +13,9 @@ PYTHONDONTWRITEBYTECODE=1, as the image does.
   and the report written;
 - active, no .pyc: the same without a byte-compiled bootstrap (why the image build must compile it: with
   PYTHONDONTWRITEBYTECODE=1 the cache is never written, so every process would compile the module again).
+
+With --torch-runs N it also times `python -c "import torch"` with the bootstrap idle against active (strict: torch
+seeded, its determinism flags set, the report written), in a venv that sees the host's site-packages.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_venv(root: Path, name: str, bootstrap: bool, compiled: bool = True) -> Path:
+def make_venv(root: Path, name: str, bootstrap: bool, compiled: bool = True, system: bool = False) -> Path:
     venv = root / name
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    flags = ["--system-site-packages"] if system else []
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", *flags, str(venv)], check=True)
     python = venv / "bin" / "python"
     if bootstrap:
         purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -45,15 +49,26 @@ def make_venv(root: Path, name: str, bootstrap: bool, compiled: bool = True) -> 
     return python
 
 
-def time_once(python: Path, env: dict[str, str]) -> float:
+def time_once(python: Path, env: dict[str, str], code: str = "pass") -> float:
     start = time.perf_counter()
-    subprocess.run([str(python), "-c", "pass"], env=env, check=True)
+    subprocess.run([str(python), "-c", code], env=env, check=True)
     return time.perf_counter() - start
+
+
+def report(title: str, times: dict[str, list[float]]) -> dict[str, float]:
+    medians = {name: statistics.median(values) * 1000 for name, values in times.items()}
+    reference = next(iter(medians.values()))
+    print(title)
+    print(f"{'variant':<18} {'median ms':>10} {'added ms':>9} {'ratio':>6}")
+    for name, median in medians.items():
+        print(f"{name:<18} {median:>10.2f} {median - reference:>+9.2f} {median / reference:>6.3f}")
+    return medians
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=80, help="runs per variant (interleaved)")
+    parser.add_argument("--torch-runs", type=int, default=0, help="also time `import torch`, this many runs each")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="envkit-bench-") as tmp:
@@ -77,15 +92,20 @@ def main() -> None:
         for _ in range(args.runs):
             for name, (python, env) in variants.items():
                 times[name].append(time_once(python, env))
+        medians = report(f"python -c pass, median of {args.runs} interleaved runs each "
+                         f"(Python {sys.version.split()[0]})", times)
+        added = medians["active"] - medians["plain"]
+        print(f"bootstrap active adds {added:.2f} ms ({medians['active'] / medians['plain']:.3f}x plain); "
+              "budget 15 ms")
 
-    medians = {name: statistics.median(values) * 1000 for name, values in times.items()}
-    reference = medians["plain"]
-    print(f"python -c pass, median of {args.runs} interleaved runs each (Python {sys.version.split()[0]})")
-    print(f"{'variant':<18} {'median ms':>10} {'added ms':>9} {'ratio':>6}")
-    for name, median in medians.items():
-        print(f"{name:<18} {median:>10.2f} {median - reference:>+9.2f} {median / reference:>6.3f}")
-    print(f"bootstrap active adds {medians['active'] - reference:.2f} ms "
-          f"({medians['active'] / reference:.3f}x plain); budget 15 ms")
+        if args.torch_runs:
+            host = make_venv(root, "host", bootstrap=True, system=True)
+            torch_times: dict[str, list[float]] = {"not active": [], "active": []}
+            for _ in range(args.torch_runs):
+                for name, env in (("not active", base), ("active", run_env)):
+                    torch_times[name].append(time_once(host, env, "import torch"))
+            print()
+            report(f"python -c 'import torch', median of {args.torch_runs} interleaved runs each", torch_times)
 
 
 if __name__ == "__main__":

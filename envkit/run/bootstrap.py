@@ -593,7 +593,7 @@ def _hook_torch(torch):
     if level in ("strict", "warn"):
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True, warn_only=level == "warn")
+        _use_deterministic_algorithms(torch, warn_only=level == "warn")
     if _S.threads is not None:
         torch.set_num_threads(_S.threads)
     if level == "strict" and getattr(sys.excepthook, "_envkit", False) is False:
@@ -614,6 +614,21 @@ def _hook_torch(torch):
     if torch.version.cuda:
         libraries["torch.cuda"] = torch.version.cuda
     _after_torch_seeded(torch)
+
+
+def _use_deterministic_algorithms(torch, warn_only):
+    """torch.use_deterministic_algorithms(True) without its price: it imports torch._inductor (over a second of
+    start-up in every process) only to set one flag, which Inductor also reads from the environment when it loads.
+    """
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:  # a torch without the private setter: pay for the public call
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+        return
+    os.environ["TORCHINDUCTOR_DETERMINISTIC"] = "1"
+    inductor_config = sys.modules.get("torch._inductor.config")
+    if inductor_config is not None:
+        inductor_config.deterministic = True
+    setter(True, warn_only=warn_only)
 
 
 def _reseed_torch(torch):
