@@ -509,18 +509,19 @@ def _install_hooks():
     for name in _HOOKS:
         module = sys.modules.get(name)
         if module is not None:  # imported before activation (another .pth, or a host process): hook it now
-            _run_hook(name, module)
+            _run_hook(name, module, write=False)  # _configure writes the report once, after all of them
 
 
-def _run_hook(name, module):
+def _run_hook(name, module, write=True):
     if not _S.active or _S.level == "off":
         return
     try:
         _HOOKS[name][0](module)
     except Exception as exc:  # noqa: BLE001 - seeding must never break the job's own import
         _warn(f"could not seed {name} ({type(exc).__name__}: {exc})")
-    _sync_report()
-    _write_report()
+    if write:
+        _sync_report()
+        _write_report()
 
 
 def _hook_random(random):
