@@ -18,8 +18,9 @@ ENV_REPORT_DIR = "ENVKIT_REPORT_DIR"  # where the bootstrap writes its per-proce
 ENV_OUTPUT_DIR = "ENVKIT_OUTPUT_DIR"  # everything under it is an output of the run
 ENV_RUN_ID = "ENVKIT_RUN_ID"
 ENV_CPU_PROFILE = "ENVKIT_CPU_PROFILE"  # native | portable
-ENV_TRACE = "ENVKIT_TRACE"  # step-trace interval (0 = off)
-ENV_TRACE_FILE = "ENVKIT_TRACE_FILE"
+ENV_TRACE = "ENVKIT_TRACE"  # step-trace interval: N steps, auto (powers of two within a 1% budget), 0 = off
+ENV_TRACE_FILE = "ENVKIT_TRACE_FILE"  # the trace file of the job's first tracing process (others: trace.rankR...)
+ENV_TRACE_GRADS = "ENVKIT_TRACE_GRADS"  # "1": the step trace digests gradients too
 ENV_BOOTSTRAP_ROOT = "ENVKIT_BOOTSTRAP_ROOT"  # set by the bootstrap: pid of the job's first process (main vs children)
 
 DETERMINISM_LEVELS = ("strict", "warn", "seed", "off")
@@ -27,6 +28,7 @@ DEFAULT_DETERMINISM = "strict"
 DEFAULT_THREADS = 1  # a fixed number recorded with the run, never whatever the host has
 CPU_PROFILES = ("native", "portable")
 DEFAULT_CPU_PROFILE = "native"
+DEFAULT_TRACE = "auto"  # the step-trace interval when none is given: tracing stays under 2% of training time
 
 # The determinism environment every image carries (ENV in the Dockerfile). PYTHONHASHSEED and
 # CUBLAS_WORKSPACE_CONFIG only work when set before the interpreter / CUDA start, so they belong to the image.
