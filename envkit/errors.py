@@ -166,6 +166,13 @@ class BundleError(EnvkitError):
     exit_code = 42
 
 
+# --- diff --------------------------------------------------------------------------------------------------------
+class TraceError(EnvkitError):
+    """A step trace file is unreadable, malformed, of an unknown format version, or made with another digest."""
+
+    exit_code = 50
+
+
 # Verdict exit codes of `envkit replay` (not errors: the replay itself worked).
 EXIT_IDENTICAL = 0
 EXIT_DIVERGED = 3
