@@ -57,6 +57,12 @@ class FetchError(EnvkitError):
     exit_code = 14
 
 
+class CpuProfileError(EnvkitError):
+    """An unknown CPU profile name (from a record or an image label) or a bad thread count for it."""
+
+    exit_code = 15
+
+
 # --- the engine and images ---------------------------------------------------------------------------------------
 class EngineUnavailableError(EnvkitError):
     """The Docker engine cannot be reached."""
