@@ -161,7 +161,8 @@ def read_trace(path: Path) -> _Trace:
 def first_divergence(trace_a: Path, trace_b: Path) -> Divergence | None:
     """The first step at which two runs' parameters differ, or None when every common recorded step agrees.
 
-    Each argument is a trace file, a run's ``meta`` folder or a run folder (its trace files are paired by name).
+    Each argument is a trace file, a run's ``meta`` folder or a run folder; the trace files of two folders are
+    paired by name (``trace.jsonl`` with ``trace.jsonl``, ``trace.rank1.jsonl`` with ``trace.rank1.jsonl``).
 
     Raises:
         TraceError: a trace file is malformed, or the two were made with different digests.
@@ -196,6 +197,8 @@ def compare_traces(a: Path, b: Path) -> TraceComparison:
         TraceError: a trace file is malformed, or the two were made with different digests.
     """
     files_a, files_b = trace_files(a), trace_files(b)
+    if Path(a).is_file() and Path(b).is_file():  # two files named explicitly: compare them whatever their names
+        files_b = {name: files_b[other] for name, other in zip(files_a, files_b, strict=True)}
     common = sorted(set(files_a) & set(files_b), key=lambda n: (n != MAIN_TRACE, n))
     divergences: list[Divergence] = []
     compared, finals, notes = 0, [], []

@@ -113,6 +113,9 @@ _warned = set()
 def install(torch, interval=None, path=None, grads=None):
     """Register the global optimizer step hooks and the module registry; once per process.
 
+    Call it before the job builds its modules (the bootstrap does, right after torch is imported): parameters of
+    modules built earlier are named ``group{g}.param{i}``.
+
     Args:
         torch: the imported torch module.
         interval: a positive step interval or ``"auto"``; default ``ENVKIT_TRACE``.
@@ -245,13 +248,14 @@ def _pre_step(optimizer, _args, _kwargs):
     global _next_index
     if _config is None or id(optimizer) in _states:
         return None
+    state = _OptState(_next_index, _config.interval)
+    _next_index += 1
+    _states[id(optimizer)] = state
     try:
-        state = _OptState(_next_index, _config.interval)
-        _next_index += 1
-        _states[id(optimizer)] = state
         weakref.finalize(optimizer, _final, state, id(optimizer))
         _record(optimizer, state)  # step 0: the parameters before any update
     except Exception as exc:  # noqa: BLE001 - tracing must never stop the job
+        state.failed = True
         _warn_once("step", f"step trace disabled for an optimizer ({type(exc).__name__}: {exc})")
     return None
 

@@ -227,6 +227,24 @@ def test_envkit_diff_rejects_bad_and_unknown_run_ids(store, capsys, args, code):
     assert err.startswith("error: ") and "hint: " in err and "Traceback" not in err
 
 
+def test_each_torchrun_rank_writes_its_own_trace_and_data_parallel_ranks_agree(python, tmp_path):
+    meta = tmp_path / "meta"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENVKIT_") and k not in ("RANK", "PYTHONHASHSEED")}
+    env.update(ENVKIT_SEED="3", PYTHONHASHSEED="3", ENVKIT_REPORT_DIR=str(meta), ENVKIT_TRACE="1",
+               ENVKIT_TRACE_FILE=str(meta / "trace.jsonl"))
+    job = REPO / "tests" / "unit" / "bootstrap" / "jobs" / "ddp.py"
+    r = subprocess.run([str(python), "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(job),
+                        str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # The launcher and the DataLoader workers never step an optimizer: they write nothing.
+    assert sorted(p.name for p in meta.glob("trace*")) == ["trace.rank0.jsonl", "trace.rank1.jsonl"]
+    rank1 = [json.loads(line) for line in (meta / "trace.rank1.jsonl").read_text().splitlines()]
+    assert rank1[0]["rank"] == 1
+    assert [name for name, _dtype, _shape in rank1[1]["params"]] == ["module.weight", "module.bias"]  # DDP's names
+    t = compare_traces(meta / "trace.rank0.jsonl", meta / "trace.rank1.jsonl")  # two files: compared as given
+    assert t.divergence is None and t.final_equal is True and t.compared == len(rank1) - 2
+
+
 # --- the file format, without torch --------------------------------------------------------------------------------
 HEADER = '{"envkit_trace":1,"digest":"crc32","interval":1,"grads":false,"pid":1,"rank":null,"torch":"x"}'
 
@@ -273,6 +291,22 @@ def test_a_divergence_between_sparse_records_is_bracketed(tmp_path):
     d = first_divergence(a, b)
     assert (d.step, d.last_equal) == (40, 20)
     assert describe_divergence(d) == "at step 40, last equal recorded step 20 (parameters: w)"
+
+
+def test_the_digest_is_the_crc32_of_the_tensor_bytes_whatever_its_layout_or_dtype():
+    import zlib
+
+    import torch
+
+    x = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    assert trace.digest(x) == f"{zlib.crc32(x.numpy().tobytes()):08x}"
+    assert trace.digest(x.t()) == trace.digest(x.t().contiguous()) != trace.digest(x)
+    y = x.clone()
+    y.view(torch.int32)[1, 2] ^= 1  # one bit of one mantissa
+    assert trace.digest(y) != trace.digest(x)
+    b = torch.tensor([1.5, -2.0], dtype=torch.bfloat16, requires_grad=True)  # no numpy dtype for bfloat16
+    assert trace.digest(b) == f"{zlib.crc32(b.detach().view(torch.int16).numpy().tobytes()):08x}"
+    assert trace.digest(torch.empty(0)) == "00000000"
 
 
 def test_trace_file_names_and_intervals():
