@@ -141,21 +141,29 @@ def read_trace(path: Path) -> _Trace:
                              hint="the file was edited or damaged; rerun with --trace to make a new one") from None
         if not isinstance(obj, dict):
             raise TraceError(f"step trace {path}: line {number} is not a JSON object")
-        if "envkit_trace" in obj:
-            if obj["envkit_trace"] != TRACE_FORMAT:
-                raise TraceError(f"step trace {path} has format {obj['envkit_trace']!r}; this envkit reads "
-                                 f"{TRACE_FORMAT}", hint="use the envkit version that wrote it")
-            trace.header = obj
-        elif "optimizer" in obj:
-            trace.order[int(obj["optimizer"])] = [str(p[0]) for p in obj.get("params", [])]
-        elif "step" in obj and isinstance(obj.get("params"), dict):
-            key = (int(obj.get("opt", 0)), int(obj["step"]), bool(obj.get("final", False)))
-            trace.records[key] = {"params": obj["params"], "grads": obj.get("grads")}
-        else:
-            raise TraceError(f"step trace {path}: line {number} is not a header, optimizer or step record")
+        try:
+            _add_line(trace, obj)
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise TraceError(f"step trace {path}: line {number} is not a header, optimizer or step record") from None
+        if "envkit_trace" in obj and obj["envkit_trace"] != TRACE_FORMAT:
+            raise TraceError(f"step trace {path} has format {obj['envkit_trace']!r}; this envkit reads "
+                             f"{TRACE_FORMAT}", hint="use the envkit version that wrote it")
     if not trace.header:
         raise TraceError(f"step trace {path} has no header line", hint="is it a file written by `envkit run --trace`?")
     return trace
+
+
+def _add_line(trace: _Trace, obj: dict[str, Any]) -> None:
+    """One parsed line into the trace; KeyError, TypeError or ValueError when it is none of the three kinds."""
+    if "envkit_trace" in obj:
+        trace.header = obj
+    elif "optimizer" in obj:
+        trace.order[int(obj["optimizer"])] = [str(p[0]) for p in obj["params"]]
+    elif isinstance(obj.get("params"), dict) and isinstance(obj.get("grads", {}), (dict, type(None))):
+        key = (int(obj.get("opt", 0)), int(obj["step"]), bool(obj.get("final", False)))
+        trace.records[key] = {"params": obj["params"], "grads": obj.get("grads")}
+    else:
+        raise ValueError("unknown line")
 
 
 def first_divergence(trace_a: Path, trace_b: Path) -> Divergence | None:

@@ -267,6 +267,7 @@ def test_a_line_cut_by_a_killed_job_is_dropped_with_a_note(tmp_path):
 @pytest.mark.parametrize("lines, header, message", [
     (['{"opt":0,"step":0,"pa', '{"opt":0,"step":1,"params":{}}'], HEADER, "line 3 is not JSON"),
     (["[1, 2]"], HEADER, "line 3 is not a JSON object"),
+    (['{"opt":0,"step":"seven","params":{}}'], HEADER, "line 3 is not a header, optimizer or step record"),
     ([], HEADER.replace('"envkit_trace":1', '"envkit_trace":9'), "has format 9; this envkit reads 1"),
 ])
 def test_a_malformed_trace_is_one_clear_error(tmp_path, lines, header, message):
