@@ -237,10 +237,10 @@ def tensor_diff(client: docker.DockerClient, image_id: str, a: Path, b: Path) ->
     try:
         with translated("comparing tensors"):
             out = client.containers.run(
-                image_id, ["python", "/envkit/tensordiff.py", "/a/" + a.name, "/b/" + b.name], network_mode="none",
-                remove=True, volumes={str(script): {"bind": "/envkit/tensordiff.py", "mode": "ro"},
-                                      str(a.parent): {"bind": "/a", "mode": "ro"},
-                                      str(b.parent): {"bind": "/b", "mode": "ro"}},
+                image_id, ["python", "/envkit/tensordiff.py", "/cmp/a/" + a.name, "/cmp/b/" + b.name],
+                network_mode="none", remove=True,
+                volumes=[f"{script.resolve()}:/envkit/tensordiff.py:ro", f"{a.resolve()}:/cmp/a/{a.name}:ro",
+                         f"{b.resolve()}:/cmp/b/{b.name}:ro"],
                 environment={"PYTHONDONTWRITEBYTECODE": "1"}, stdout=True, stderr=False)
         return json.loads(out.decode())
     except Exception as exc:  # noqa: BLE001 - the file-level verdict stands without tensor detail

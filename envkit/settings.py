@@ -74,8 +74,8 @@ def store_dir(project: Path | None = None) -> Path:
     """The run store: $ENVKIT_HOME, else ./.envkit in the project folder."""
     env = os.environ.get(ENV_HOME)
     if env:
-        return Path(env)
-    return (project or Path.cwd()) / ".envkit"
+        return Path(env).absolute()  # bind mounts need absolute paths
+    return (project or Path.cwd()).absolute() / ".envkit"
 
 
 def debug_enabled() -> bool:

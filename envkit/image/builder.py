@@ -126,6 +126,8 @@ def _docker_build(client: docker.DockerClient, ctx: Path, plan: BuildPlan, no_ca
     steps: list[str] = []
     step_log: list[str] = []
     image_id = None
+    last_layer = None
+    install_stage = None  # the first stage's image: only a build cache, 1.5 GB for torch; removed after the build
     with translated("building the image"):
         stream = client.api.build(path=str(ctx), tag=plan.tag, rm=True, forcerm=True, network_mode="none",
                                   nocache=no_cache, decode=True, labels=None)
@@ -134,6 +136,10 @@ def _docker_build(client: docker.DockerClient, ctx: Path, plan: BuildPlan, no_ca
                 text = _ANSI_RE.sub("", item["stream"])
                 for line in text.splitlines():
                     m = _STEP_RE.match(line.strip())
+                    if m and m.group(3).startswith("FROM ") and last_layer is not None:
+                        install_stage = last_layer
+                    if line.strip().startswith("---> ") and " " not in line.strip()[5:]:
+                        last_layer = line.strip()[5:]
                     if m:
                         steps.append(line.strip())
                         step_log = []
@@ -158,7 +164,16 @@ def _docker_build(client: docker.DockerClient, ctx: Path, plan: BuildPlan, no_ca
     if image_id is None:
         with translated("reading the built image", image=plan.tag):
             image_id = client.images.get(plan.tag).id
+    if install_stage is not None:
+        _remove_quietly(client, install_stage)
     return image_id, steps
+
+
+def _remove_quietly(client: docker.DockerClient, image: str) -> None:
+    try:
+        client.images.remove(image)
+    except Exception:  # noqa: BLE001 - shared with another image or already gone: keeping it is harmless
+        pass
 
 
 def _tag(client: docker.DockerClient, image_id: str, tag: str) -> None:

@@ -68,7 +68,7 @@ def main(argv):
         result = compare(argv[1], argv[2])
     except Exception as exc:  # noqa: BLE001 - a file that is not a tensor file: say so, do not fail the replay
         result = {"error": "%s: %s" % (type(exc).__name__, str(exc)[:300])}
-    sys.stdout.write(json.dumps(result, sort_keys=True))
+    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")  # a final line without a newline can be lost by the log driver
     return 0
 
 

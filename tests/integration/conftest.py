@@ -147,3 +147,47 @@ def _cleanup_test_objects():
             c.images.remove(img.id, force=True)
     except Exception:  # noqa: BLE001 - cleanup must never mask a test result
         pass
+
+
+@pytest.fixture(scope="session")
+def host_b(session_dir):
+    """A second Docker engine on this machine: its own data root, exec root, socket and bridge, no images.
+
+    Its bridge is one the fixture makes (`ip link add`); `--bridge none` would delete the first engine's docker0.
+    """
+    if shutil.which("dockerd") is None or shutil.which("ip") is None:
+        pytest.skip("dockerd or ip (iproute2) missing; .ci/setup-host installs them")
+    root = Path(tempfile.mkdtemp(prefix="hostb-", dir="/tmp"))
+    bridge = f"envkitb{os.getpid() % 10000}"
+    subprocess.run(["ip", "link", "add", "name", bridge, "type", "bridge"], check=True)
+    subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+    sock = root / "docker.sock"
+    log = (root / "dockerd.log").open("w")
+    proc = subprocess.Popen(
+        ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"), "--pidfile",
+         str(root / "dockerd.pid"), "-H", f"unix://{sock}", "-b", bridge, "--iptables=false", "--ip-masq=false"],
+        stdout=log, stderr=subprocess.STDOUT)
+    import docker
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            docker.DockerClient(base_url=f"unix://{sock}", timeout=5).ping()
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                subprocess.run(["ip", "link", "del", bridge])
+                pytest.fail(f"second dockerd did not start; see {root / 'dockerd.log'}")
+            time.sleep(0.5)
+    store = root / "store"
+    yield {"DOCKER_HOST": f"unix://{sock}", "ENVKIT_HOME": str(store), "client": docker.DockerClient(
+        base_url=f"unix://{sock}", timeout=600)}
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    subprocess.run(["ip", "link", "del", bridge])
+    subprocess.run(["umount", "-R", str(root / "data")], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
