@@ -237,6 +237,8 @@ FIELD_CLASSES: dict[str, FieldClass] = {
     "container.threads.cpu_count": FieldClass(False, "the run pins its thread counts"),
     "container.threads.affinity": FieldClass(False, "the run pins its thread counts"),
     "container.env.*": FieldClass(True, "these variables steer kernel dispatch, threads or TF32"),
+    "container.job.*": FieldClass(True, "what the job itself had in effect (ATen capability, threads, torch flags)"),
+    "container.error": _DIAGNOSTIC,
     "container.errors.*": _DIAGNOSTIC,
 }
 _UNCLASSIFIED = FieldClass(True, "not classified; treated as changing numerics to be safe")

@@ -9,7 +9,14 @@ import typer
 
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json
-from envkit.settings import CPU_PROFILES, DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DETERMINISM_LEVELS
+from envkit.settings import (
+    CPU_PROFILES,
+    DEFAULT_CPU_PROFILE,
+    DEFAULT_DETERMINISM,
+    DEFAULT_THREADS,
+    DEFAULT_TRACE,
+    DETERMINISM_LEVELS,
+)
 
 SEED_MAX = 2**32 - 1
 
@@ -28,12 +35,10 @@ def _gpus(value: str) -> str:
     raise typer.BadParameter(f"{value!r} is not all, none or a positive count")
 
 
-def _trace(value: str) -> int:
-    if value == "off":
-        return 0
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    raise typer.BadParameter(f"{value!r} is not 'off' or a positive step interval")
+def _trace(value: str) -> str:
+    if value in ("off", "auto") or (value.isdigit() and int(value) > 0):
+        return value
+    raise typer.BadParameter(f"{value!r} is not 'auto', 'off' or a positive step interval")
 
 
 @app.command("run", context_settings={"allow_interspersed_args": False})
@@ -51,7 +56,8 @@ def run_cmd(
     cpu_profile: str = typer.Option(DEFAULT_CPU_PROFILE, "--cpu-profile", callback=_choice(CPU_PROFILES),
                                     help="native, or portable (bit-identical across CPU models)."),
     mount: list[str] = typer.Option(None, "--mount", help="SRC:DST, read-only data hashed as inputs (repeatable)."),
-    trace: str = typer.Option("off", "--trace", help="Record parameter digests every N optimizer steps, or off."),
+    trace: str = typer.Option(DEFAULT_TRACE, "--trace", callback=_trace,
+                              help="Parameter digests every N optimizer steps; auto keeps the cost under 2%; off."),
     network: str = typer.Option("none", "--network", help="Container network: none (default, hermetic) or bridge."),
     env: list[str] = typer.Option(None, "--env", help="KEY=VALUE for the job (repeatable); secrets are redacted in "
                                                        "the record."),
@@ -79,7 +85,7 @@ def run_cmd(
     job = JobSpec(
         project=project, script=rel_script, args=list(args or []), image_id=resolved.id, image_ref=resolved.ref,
         image_digest=resolved.digest, seed=seed, determinism=determinism, threads=threads, cpu_profile=cpu_profile,
-        gpus=gpus, mounts=mounts, trace=_trace(trace), network=network, lock=resolved.lock,
+        gpus=gpus, mounts=mounts, trace=trace, network=network, lock=resolved.lock,
         command=["envkit", *sys.argv[1:]] if sys.argv and "envkit" in Path(sys.argv[0]).name else [],
         build_s=resolved.build_s, lock_text=resolved.lock_text, extra_env=extra_env, memory=memory,
     )

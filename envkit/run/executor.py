@@ -92,7 +92,7 @@ class JobSpec:
     cpu_profile: str
     gpus: str = "none"  # all | none | N
     mounts: list[Mount] = field(default_factory=list)
-    trace: int = 0
+    trace: str = "off"  # off | auto | N (optimizer steps between parameter digests)
     extra_env: dict[str, str] = field(default_factory=dict)
     network: str = "none"
     lock: LockInfo | None = None
@@ -144,8 +144,8 @@ def job_environment(job: JobSpec, run_id: str) -> dict[str, str]:
         "HOME": "/tmp",
     }
     env.update(_profile_env(job.cpu_profile, job.threads))
-    if job.trace:
-        env[ENV_TRACE] = str(job.trace)
+    if job.trace != "off":
+        env[ENV_TRACE] = job.trace
         env[ENV_TRACE_FILE] = f"{CONTAINER_META}/trace.jsonl"
     env.update(job.extra_env)
     return env

@@ -122,7 +122,7 @@ class RunRecord:
     platform_mismatch: bool = False
     notes: list[str] = field(default_factory=list)
     mounts: list[dict[str, str]] = field(default_factory=list)  # [{"source": host path, "target": container path}]
-    trace: int = 0  # step-trace interval (0: off)
+    trace: str = "off"  # step-trace interval: off | auto | N
     memory: str | None = None  # container memory limit
     verdict: dict[str, Any] | None = None  # replays: IDENTICAL / DIVERGED / FAILED and the evidence
 
