@@ -105,7 +105,7 @@ def render_verdict(verdict, original: str, replay: str) -> str:
                 lines.append(f"           tensor {t['name']}: {', '.join(f'{k}={v}' for k, v in t.items() if k != 'name')}")
         if f.tensor_error:
             lines.append(f"           (not compared as tensors: {f.tensor_error})")
-    if verdict.divergence and verdict.divergence.get("message"):
+    if verdict.kind == "DIVERGED" and verdict.divergence and verdict.divergence.get("message"):
         lines.append(f"  training: {verdict.divergence['message']}")
     if verdict.stdout_differs:
         lines.append(f"  stdout differs from line {verdict.stdout_first_line} (not part of the verdict: logs carry "
