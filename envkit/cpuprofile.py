@@ -9,11 +9,16 @@ compute the same bits:
 - ``MKL_CBWR=COMPATIBLE``: MKL's one code path that it runs on Intel and non-Intel CPUs alike, with reproducible
   reductions. The only branch MKL honours on AMD: ``MKL_CBWR=AVX2`` falls back to ``AUTO`` there (measured; MKL's
   verbose mode prints ``CNR:AUTO``).
+- ``OPENBLAS_CORETYPE=Haswell``: numpy's OpenBLAS runs its AVX2 kernels, not the SkylakeX ones on AVX-512 CPUs.
 - ``MKL_DYNAMIC=FALSE``, ``OMP_DYNAMIC=FALSE`` and one fixed thread count for OpenMP, MKL and OpenBLAS.
 - the bootstrap installs ``envkit_portable`` (``envkit/run/portable_ops.py``), which replaces the eight elementwise
   ops whose MKL vector-math kernels start from ``rcpps``/``rsqrtps`` even on the compatible path (their low bits
   differ between Intel, AMD and emulators): ``sqrt`` and with it Adam, ``asin``, ``acos``, ``atan``, ``tan``,
   ``log2``, ``log10``, float64 ``log``.
+
+numpy's own SIMD loops (exp, log, expm1, log1p, arctan, power...) have AVX-512 variants too; the variable that pins
+them, ``NPY_DISABLE_CPU_FEATURES``, takes names that changed between numpy versions (and numpy's current source
+ignores the whole list when one name is unknown), so :func:`numpy_env` gives it for the numpy version a lock pins.
 
 The portable profile needs AVX2 and FMA (:data:`PORTABLE_BASELINE_FLAGS`): on an older CPU ATen would quietly fall back
 to other kernels. The README's "Portable CPU profile" section has the measurements behind each line.
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from packaging.version import InvalidVersion, Version
 
 from envkit.errors import CpuProfileError, PlatformError
 
@@ -68,6 +75,7 @@ PROFILES: dict[str, CpuProfile] = {
             "ONEDNN_MAX_CPU_ISA": "AVX2",
             "DNNL_MAX_CPU_ISA": "AVX2",  # the name oneDNN 2.x reads; 3.x reads both
             "MKL_CBWR": "COMPATIBLE",
+            "OPENBLAS_CORETYPE": "Haswell",
         },
         numerics_fields=frozenset({"host.arch"}),
     ),
@@ -123,6 +131,24 @@ def field_reason(path: str) -> str | None:
 def vendor_changes_numerics(profile: str) -> bool:
     """Whether another CPU vendor changes the bits under this profile (the flag of fingerprint.compare_fingerprints)."""
     return "host.cpu_vendor" in get_profile(profile).numerics_fields
+
+
+def numpy_env(profile: str, numpy_version: str | None) -> dict[str, str]:
+    """``NPY_DISABLE_CPU_FEATURES`` for a portable image with this numpy (empty for native or unknown numpy).
+
+    numpy 2.4 groups its AVX-512 loops as ``X86_V4``, ``AVX512_ICL`` and ``AVX512_SPR``; disabling them leaves the AVX2
+    (``X86_V3``) loops, which gave the same bits on both CPUs measured. Older numpy names its groups differently and
+    is not pinned here.
+    """
+    if get_profile(profile).name != "portable" or not numpy_version:
+        return {}
+    try:
+        version = Version(numpy_version)
+    except InvalidVersion:
+        return {}
+    if version.release[:2] < (2, 4):
+        return {}
+    return {"NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
 
 
 def missing_baseline(profile: str, cpu_flags: Iterable[str] | None) -> list[str]:
