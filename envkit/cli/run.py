@@ -29,6 +29,14 @@ def _choice(choices: tuple[str, ...]):
     return check
 
 
+def _optional_choice(choices: tuple[str, ...]):
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+    return check
+
+
 def _gpus(value: str) -> str:
     if value in ("all", "none") or (value.isdigit() and int(value) > 0):
         return value
@@ -53,8 +61,9 @@ def run_cmd(
     threads: int = typer.Option(DEFAULT_THREADS, "--threads", min=1, max=512,
                                 help="Fixed CPU thread count (torch, OpenMP, MKL); recorded with the run."),
     gpus: str = typer.Option("none", "--gpus", callback=_gpus, help="all | none | N (NVIDIA container toolkit)."),
-    cpu_profile: str = typer.Option(DEFAULT_CPU_PROFILE, "--cpu-profile", callback=_choice(CPU_PROFILES),
-                                    help="native, or portable (bit-identical across CPU models)."),
+    cpu_profile: str = typer.Option(None, "--cpu-profile", callback=_optional_choice(CPU_PROFILES),
+                                    help="native, or portable (bit-identical across CPU models); default: the "
+                                         "--image's own profile, else native."),
     mount: list[str] = typer.Option(None, "--mount", help="SRC:DST, read-only data hashed as inputs (repeatable)."),
     trace: str = typer.Option(DEFAULT_TRACE, "--trace", callback=_trace,
                               help="Parameter digests every N optimizer steps; auto keeps the cost under 2%; off."),
@@ -81,7 +90,12 @@ def run_cmd(
     mounts = [Mount.parse(m) for m in mount or []]
     extra_env = _parse_env(env or [])
     client = connect()
-    resolved = resolve_image(client, project, lock, image, cpu_profile)
+    resolved = resolve_image(client, project, lock, image, cpu_profile or DEFAULT_CPU_PROFILE)
+    # An --image already carries its profile's ENV; a different one for the run would be recorded but not in effect.
+    cpu_profile = cpu_profile or resolved.cpu_profile or DEFAULT_CPU_PROFILE
+    if resolved.cpu_profile and resolved.cpu_profile != cpu_profile:
+        raise typer.BadParameter(f"image {image} was built with --cpu-profile {resolved.cpu_profile}",
+                                 param_hint="--cpu-profile")
     job = JobSpec(
         project=project, script=rel_script, args=list(args or []), image_id=resolved.id, image_ref=resolved.ref,
         image_digest=resolved.digest, seed=seed, determinism=determinism, threads=threads, cpu_profile=cpu_profile,
