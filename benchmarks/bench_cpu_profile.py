@@ -13,7 +13,7 @@ Workloads, each timed inside its process after one warm-up round:
 
 - train: ``examples/portable_train.py``'s 30 steps (conv, GELU, LayerNorm, Adam);
 - matmul: 512x512 float32 matmuls and a 3-layer MLP forward/backward (MKL sgemm);
-- adam: Adam steps on 4 million float32 parameters (where the sqrt override sits);
+- adam: Adam steps on 32 float32 tensors of 64k parameters (where the sqrt override sits).
 
 It prints, per variant, the median and the best seconds per round over the processes, and the ratios to native of
 both (on a shared machine the best is the steadier figure: other load only ever adds time).
@@ -66,9 +66,11 @@ def _matmul(torch):
 
 
 def _adam(torch):
-    param = torch.nn.Parameter(torch.zeros(4 << 20))
-    param.grad = torch.randn(4 << 20, generator=torch.Generator().manual_seed(0))
-    opt = torch.optim.Adam([param], lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.zeros(1 << 16)) for _ in range(32)]
+    for param in params:
+        param.grad = torch.randn(1 << 16, generator=gen)
+    opt = torch.optim.Adam(params, lr=1e-3)
 
     def round_():
         for _ in range(5):

@@ -7,6 +7,11 @@ emulator would prove nothing); under the portable profile, with the environment 
 them, they must be the same bits, for one thread and for two.
 
 For now the jobs run with the host's Python and environment variables; in CI the same happens inside the image.
+
+The emulator is a CPU of its own, not a perfect Haswell: QEMU 7.2 computes ``rcpps``/``rsqrtps`` exactly (real CPUs
+give 12-bit approximations, each family its own) and gets oneDNN's JIT LSTM kernel wrong (0.19 off a float64
+reference, where the host is within 4e-8). The reference training uses neither; a difference here is worth checking
+against an exact reference before blaming a library.
 """
 
 from __future__ import annotations
