@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from envkit import cpuprofile
 from envkit.engine import translated
 from envkit.errors import EXIT_DIVERGED, EXIT_FAILED, EXIT_IDENTICAL, ImageNotFoundError, RegistryError
 from envkit.fingerprint import FieldDiff, compare_fingerprints, host_fingerprint
@@ -65,9 +66,11 @@ class Verdict:
 def host_differences(client: docker.DockerClient, record: RunRecord) -> list[FieldDiff]:
     """Every host, engine and GPU field that differs between the recorded host and this one."""
     now = host_fingerprint(client)
+    cpuprofile.require_baseline(record.cpu_profile, (now.get("host") or {}).get("cpu_flags"))
     recorded = {k: getattr(record.fingerprint, k) for k in ("host", "engine", "gpus")}
     current = {k: now.get(k) for k in ("host", "engine", "gpus")}
-    return compare_fingerprints(recorded, current, cpu_profile=record.cpu_profile)
+    return compare_fingerprints(recorded, current, cpu_profile=record.cpu_profile,
+                                vendor_changes_numerics=cpuprofile.vendor_changes_numerics(record.cpu_profile))
 
 
 def container_differences(client: docker.DockerClient, store: FileStore, record: RunRecord,
@@ -82,7 +85,8 @@ def container_differences(client: docker.DockerClient, store: FileStore, record:
     probe = container_software(client, store, image_id, record.environment, [], host)
     recorded = {k: v for k, v in record.fingerprint.container.items() if k != "job"}
     current = {k: v for k, v in probe.items() if k != "job"}
-    return compare_fingerprints({"container": recorded}, {"container": current}, cpu_profile=record.cpu_profile)
+    return compare_fingerprints({"container": recorded}, {"container": current}, cpu_profile=record.cpu_profile,
+                                vendor_changes_numerics=cpuprofile.vendor_changes_numerics(record.cpu_profile))
 
 
 # --- 2. the image ------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from envkit import __version__
+from envkit import __version__, cpuprofile
 from envkit.lock.model import Lockfile
 from envkit.resources import docker_file, package_file
 from envkit.settings import (
@@ -73,16 +73,10 @@ def image_env(lock: Lockfile, cpu_profile: str) -> dict[str, str]:
     env["PATH"] = f"{IMAGE_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     env["VIRTUAL_ENV"] = IMAGE_VENV
     env["ENVKIT_CPU_PROFILE"] = cpu_profile
-    env.update(_cpu_profile_env(cpu_profile))
+    env.update(cpuprofile.image_env(cpu_profile))
+    numpy = next((p.version for p in lock.packages if p.name == "numpy"), None)
+    env.update(cpuprofile.numpy_env(cpu_profile, numpy))
     return dict(sorted(env.items()))
-
-
-def _cpu_profile_env(cpu_profile: str) -> dict[str, str]:
-    try:
-        from envkit.cpuprofile import image_env as profile_image_env
-    except ImportError:
-        return {}
-    return profile_image_env(cpu_profile)
 
 
 def labels(lock: Lockfile, cpu_profile: str, build_key: str) -> dict[str, str]:

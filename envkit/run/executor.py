@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from envkit import cpuprofile
 from envkit.engine import translated
 from envkit.errors import InputChangedError, JobError, ScriptNotFoundError
 from envkit.run.snapshot import Manifest, ManifestEntry, diff_manifests, git_info, manifest, snapshot
@@ -143,20 +144,12 @@ def job_environment(job: JobSpec, run_id: str) -> dict[str, str]:
         ENV_CPU_PROFILE: job.cpu_profile,
         "HOME": "/tmp",
     }
-    env.update(_profile_env(job.cpu_profile, job.threads))
+    env.update(cpuprofile.profile_env(job.cpu_profile, job.threads))
     if job.trace != "off":
         env[ENV_TRACE] = job.trace
         env[ENV_TRACE_FILE] = f"{CONTAINER_META}/trace.jsonl"
     env.update(job.extra_env)
     return env
-
-
-def _profile_env(profile: str, threads: int) -> dict[str, str]:
-    try:
-        from envkit.cpuprofile import profile_env
-    except ImportError:
-        return {}
-    return profile_env(profile, threads)
 
 
 def _device_requests(gpus: str) -> list[Any]:
@@ -206,6 +199,8 @@ def execute(client: docker.DockerClient, store: FileStore, job: JobSpec, sink: S
 
     t0 = time.monotonic()
     sink = sink or Sink(sys.stdout.buffer, sys.stderr.buffer)
+    fingerprint = host_fingerprint(client)
+    cpuprofile.require_baseline(job.cpu_profile, (fingerprint.get("host") or {}).get("cpu_flags"))
     inputs = hash_inputs(job.mounts)
     if job.expected_inputs is not None:
         check_inputs(job.expected_inputs, inputs)
@@ -241,7 +236,7 @@ def execute(client: docker.DockerClient, store: FileStore, job: JobSpec, sink: S
         (run_dir / "git.diff").write_bytes(gi.diff.encode("utf-8", "surrogateescape"))
     if job.lock_text is not None:
         (run_dir / LOCK_COPY).write_text(job.lock_text, encoding="utf-8")  # export and rebuild need the lock itself
-    record.fingerprint = Fingerprint(**host_fingerprint(client))
+    record.fingerprint = Fingerprint(**fingerprint)
     record.started = utc_now()
     store.write(record)
 
