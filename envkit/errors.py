@@ -146,12 +146,6 @@ class SnapshotError(EnvkitError):
     exit_code = 35
 
 
-class JobInterruptedError(EnvkitError):
-    """The job was interrupted (Ctrl-C or SIGTERM); the record is marked interrupted."""
-
-    exit_code = 130
-
-
 # --- replay ------------------------------------------------------------------------------------------------------
 class PlatformMismatchError(EnvkitError):
     """The replay host differs from the recorded one in a field that changes numerics."""
