@@ -147,3 +147,24 @@ def test_two_hosts_through_a_bundle_with_the_image(tmp_path, tiny_image, host_b)
     r = envkit("replay", run_id, "--json", env=env_b, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["verdict"]["kind"] == "IDENTICAL"
+
+
+def test_a_lost_image_is_rebuilt_only_when_asked(client, tmp_path, base_image):
+    """No image, no registry digest: replay says what to do; --rebuild rebuilds from the recorded lock, says so."""
+    spec = tmp_path / "lost.envkit.yaml"
+    spec.write_text(f"name: lost\npython: '3.11'\nbase: {base_image}\npackages: [six]\n")
+    lock = tmp_path / "lost.lock.yaml"
+    assert envkit("lock", str(spec), "-o", str(lock)).returncode == 0
+    (tmp_path / "draw.py").write_text(DRAW)
+    run = run_json("run", "--seed", "8", "--lock", str(lock), "--json", "draw.py", cwd=tmp_path)
+    client.images.remove(run["image"], force=True)
+    r = envkit("replay", run["run_id"], cwd=tmp_path)
+    assert r.returncode == 21, r.stderr
+    assert "--rebuild" in r.stderr and "envkit export RUN --with-image" in r.stderr
+    r = envkit("replay", run["run_id"], "--rebuild", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["verdict"]["kind"] == "IDENTICAL"
+    assert any("rebuilt from the recorded lockfile" in n for n in out["notes"])
+    rec = json.loads((tmp_path / ".envkit" / "runs" / out["run_id"] / "record.json").read_text())
+    assert rec["image"]["id"] != run["image"]  # a rebuilt image is another image, and the record says which

@@ -136,6 +136,8 @@ def test_listing_skips_and_reports_broken_runs(tmp_path: Path) -> None:
 def test_index_is_only_a_cache(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     records = [make_record(store) for _ in range(3)]
+    # Newest first by id; ids made in the same millisecond order by their random part, not by creation.
+    newest_first = sorted((r.run_id for r in records), reverse=True)
     # A record changed behind the store's back (no index line) is read afresh.
     path = store.run_dir(records[0].run_id) / "record.json"
     data = json.loads(path.read_text())
@@ -144,13 +146,13 @@ def test_index_is_only_a_cache(tmp_path: Path) -> None:
     assert {s.run_id: s.status for s in store.list().runs}[records[0].run_id] == "interrupted"
     # A lost or damaged index changes nothing but speed.
     store.index_path.write_bytes(b"garbage\n[1, 2]\n" + store.index_path.read_bytes()[:-30])
-    assert [s.run_id for s in store.list().runs] == [r.run_id for r in reversed(records)]
+    assert [s.run_id for s in store.list().runs] == newest_first
     # A torn append glued to the next line, and a line whose JSON is damaged inside its braces.
     lines = store.index_path.read_bytes().splitlines(keepends=True)
     store.index_path.write_bytes(lines[-1][:30] + lines[-2] + lines[-1].replace(b'"status": ', b'"status ') + b"\n")
     listing = store.list()
-    assert [s.run_id for s in listing.runs] == [r.run_id for r in reversed(records)]
-    assert [json.loads(t)["run_id"] for t in listing.summaries_json] == [r.run_id for r in reversed(records)]
+    assert [s.run_id for s in listing.runs] == newest_first
+    assert [json.loads(t)["run_id"] for t in listing.summaries_json] == newest_first
     store.index_path.unlink()
     assert [s.status for s in store.list().runs] == ["running", "running", "interrupted"]
     assert store.index_path.exists()
