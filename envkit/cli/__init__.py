@@ -48,6 +48,7 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and map every envkit error to one line, a hint and its exit code."""
+    from rich.markup import escape
     from typer._click import exceptions as click_exc  # typer bundles its own Click
 
     _register()
@@ -57,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except EnvkitError as exc:
         if debug_enabled():
             raise
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True)
         if exc.hint:
-            err_console.print(f"[bold]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold]hint:[/] {escape(exc.hint)}", markup=True)
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("error: interrupted", highlight=False)

@@ -8,8 +8,9 @@ from typing import Any
 
 from rich.console import Console
 
-out_console = Console(soft_wrap=True, highlight=False)
-err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+# No markup by default: messages carry user text (paths, "[0]" indices, package extras) that rich would parse.
+out_console = Console(soft_wrap=True, highlight=False, markup=False)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
 
 
 def print_json(data: Any) -> None:

@@ -149,7 +149,8 @@ def _check_requirements(lines: list[str], source: str) -> None:
         try:
             Requirement(line)
         except InvalidRequirement as exc:
-            raise SpecError(f"{source}: package line {line!r} is not a valid requirement ({exc})") from exc
+            reason = str(exc).splitlines()[0] if str(exc).strip() else "invalid"
+            raise SpecError(f"{source}: package line {line!r} is not a valid requirement ({reason})") from exc
 
 
 def _str(data: dict[str, Any], key: str, source: str) -> str:
