@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from envkit import cpuprofile
 from envkit.engine import translated
 from envkit.errors import EXIT_DIVERGED, EXIT_FAILED, EXIT_IDENTICAL, ImageNotFoundError, RegistryError
-from envkit.fingerprint import FieldDiff, compare_fingerprints, host_fingerprint
+from envkit.fingerprint import FieldDiff, compare_fingerprints
 from envkit.run.executor import LOCK_COPY, OUTPUT_PREFIX, JobSpec, Mount, Sink, container_software, execute
 from envkit.store.filestore import FileStore
 from envkit.store.record import RunRecord
@@ -63,9 +63,9 @@ class Verdict:
 
 
 # --- 1. the platform ---------------------------------------------------------------------------------------------
-def host_differences(client: docker.DockerClient, record: RunRecord) -> list[FieldDiff]:
-    """Every host, engine and GPU field that differs between the recorded host and this one."""
-    now = host_fingerprint(client)
+def host_differences(record: RunRecord, now: dict[str, Any]) -> list[FieldDiff]:
+    """Every host, engine and GPU field that differs between the recorded host and this one (``now``, from
+    :func:`envkit.fingerprint.host_fingerprint`)."""
     cpuprofile.require_baseline(record.cpu_profile, (now.get("host") or {}).get("cpu_flags"))
     recorded = {k: getattr(record.fingerprint, k) for k in ("host", "engine", "gpus")}
     current = {k: now.get(k) for k in ("host", "engine", "gpus")}
@@ -73,15 +73,14 @@ def host_differences(client: docker.DockerClient, record: RunRecord) -> list[Fie
                                 vendor_changes_numerics=cpuprofile.vendor_changes_numerics(record.cpu_profile))
 
 
-def container_differences(client: docker.DockerClient, store: FileStore, record: RunRecord,
-                          image_id: str) -> list[FieldDiff]:
+def container_differences(client: docker.DockerClient, store: FileStore, record: RunRecord, image_id: str,
+                          host: dict[str, Any]) -> list[FieldDiff]:
     """The software inside the container as probed on this host against the record.
 
     Same image, yet ATen's CPU capability in effect depends on the host CPU, so it is probed here too.
     """
     if not record.fingerprint.container:
         return []
-    host = host_fingerprint(None).get("host") or {}
     probe = container_software(client, store, image_id, record.environment, [], host)
     recorded = {k: v for k, v in record.fingerprint.container.items() if k != "job"}
     current = {k: v for k, v in probe.items() if k != "job"}

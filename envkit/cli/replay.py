@@ -26,6 +26,7 @@ def replay_cmd(
     """
     from envkit.engine import connect
     from envkit.errors import JobError
+    from envkit.fingerprint import host_fingerprint
     from envkit.replay import acquire_image, container_differences, host_differences, replay_job, run_replay
     from envkit.run.executor import Sink
     from envkit.settings import store_dir
@@ -42,9 +43,11 @@ def replay_cmd(
         overrides[dst.rstrip("/")] = Path(src).expanduser().resolve()
     client = connect()
 
-    mismatch = _check(host_differences(client, record), force, json_out)
+    now = host_fingerprint(client)
+    mismatch = _check(host_differences(record, now), force)
     image_id, notes = acquire_image(client, record, run_dir, rebuild)
-    mismatch = _check(container_differences(client, store, record, image_id), force, json_out) or mismatch
+    mismatch = _check(container_differences(client, store, record, image_id, now.get("host") or {}), force) \
+        or mismatch
     job = replay_job(record, run_dir, image_id, mismatch, overrides)
     replay, verdict = run_replay(client, store, record, job, sink=Sink(None, None) if json_out else None)
     if notes:
@@ -60,7 +63,7 @@ def replay_cmd(
     raise typer.Exit(verdict.exit)
 
 
-def _check(diffs, force: bool, json_out: bool) -> bool:
+def _check(diffs, force: bool) -> bool:
     """Refuse (or, forced, note) numerics-changing differences; print the table of them."""
     from envkit.errors import PlatformMismatchError
 
