@@ -8,19 +8,14 @@ import typer
 
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json
+from envkit.cli._options import choice
 from envkit.settings import CPU_PROFILES, DEFAULT_CPU_PROFILE
-
-
-def _check_profile(value: str) -> str:
-    if value not in CPU_PROFILES:
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(CPU_PROFILES)}")
-    return value
 
 
 @app.command("build")
 def build_cmd(
     lockfile: Path = typer.Argument(..., metavar="LOCKFILE", help="A lockfile written by `envkit lock`."),
-    cpu_profile: str = typer.Option(DEFAULT_CPU_PROFILE, "--cpu-profile", callback=_check_profile,
+    cpu_profile: str = typer.Option(DEFAULT_CPU_PROFILE, "--cpu-profile", callback=choice(CPU_PROFILES),
                                     help="native, or portable (bit-identical CPU results across CPU models)."),
     push: str = typer.Option(None, "--push", metavar="REGISTRY/REPO", help="Push and report the registry digest."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild even if the image exists."),

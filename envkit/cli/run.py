@@ -9,6 +9,7 @@ import typer
 
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json
+from envkit.cli._options import choice
 from envkit.settings import (
     CPU_PROFILES,
     DEFAULT_CPU_PROFILE,
@@ -19,22 +20,6 @@ from envkit.settings import (
 )
 
 SEED_MAX = 2**32 - 1
-
-
-def _choice(choices: tuple[str, ...]):
-    def check(value: str) -> str:
-        if value not in choices:
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
-        return value
-    return check
-
-
-def _optional_choice(choices: tuple[str, ...]):
-    def check(value: str | None) -> str | None:
-        if value is not None and value not in choices:
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
-        return value
-    return check
 
 
 def _gpus(value: str) -> str:
@@ -56,12 +41,12 @@ def run_cmd(
     seed: int = typer.Option(..., "--seed", min=0, max=SEED_MAX, help="The run's seed (0 to 2**32-1)."),
     lock: Path = typer.Option(None, "--lock", help="Lockfile to build or find the image from."),
     image: str = typer.Option(None, "--image", help="An image reference or ID to run in (instead of --lock)."),
-    determinism: str = typer.Option(DEFAULT_DETERMINISM, "--determinism", callback=_choice(DETERMINISM_LEVELS),
+    determinism: str = typer.Option(DEFAULT_DETERMINISM, "--determinism", callback=choice(DETERMINISM_LEVELS),
                                     help="strict | warn | seed | off."),
     threads: int = typer.Option(DEFAULT_THREADS, "--threads", min=1, max=512,
                                 help="Fixed CPU thread count (torch, OpenMP, MKL); recorded with the run."),
     gpus: str = typer.Option("none", "--gpus", callback=_gpus, help="all | none | N (NVIDIA container toolkit)."),
-    cpu_profile: str = typer.Option(None, "--cpu-profile", callback=_optional_choice(CPU_PROFILES),
+    cpu_profile: str = typer.Option(None, "--cpu-profile", callback=choice(CPU_PROFILES),
                                     help="native, or portable (bit-identical across CPU models); default: the "
                                          "--image's own profile, else native."),
     mount: list[str] = typer.Option(None, "--mount", help="SRC:DST, read-only data hashed as inputs (repeatable)."),
