@@ -154,7 +154,6 @@ def replay_job(record: RunRecord, run_dir: Path, image_id: str, mismatch: bool,
     for m in record.mounts:
         source = (mount_overrides or {}).get(m["target"], Path(m["source"]))
         mounts.append(Mount(Path(source), m["target"]))
-    env = record.environment
     return JobSpec(
         project=run_dir / "code", script=record.script or "", args=list(record.args), image_id=image_id,
         image_ref=record.image.ref, image_digest=record.image.digest, seed=int(record.seed or 0),

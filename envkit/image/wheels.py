@@ -17,24 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from envkit.errors import FetchError, HashMismatchError
+from envkit.hashing import CHUNK, sha256_file
 from envkit.lock.model import PinnedPackage
 
-CHUNK = 4 * 1024 * 1024
 Progress = Callable[[str, int], Callable[[int], None]]
 
 
 def cache_path(root: Path, pkg: PinnedPackage) -> Path:
     return root / "sha256" / pkg.sha256[:2] / pkg.sha256 / pkg.filename
-
-
-def sha256_file(path: Path, advance: Callable[[int], None] | None = None) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-            if advance:
-                advance(len(chunk))
-    return h.hexdigest()
 
 
 def ensure_wheels(packages: tuple[PinnedPackage, ...], root: Path, progress: Progress | None = None) -> list[Path]:

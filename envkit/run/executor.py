@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from envkit import cpuprofile
 from envkit.engine import translated
 from envkit.errors import InputChangedError, JobError, ScriptNotFoundError
-from envkit.run.snapshot import Manifest, ManifestEntry, diff_manifests, git_info, manifest, snapshot
+from envkit.run.snapshot import ManifestEntry, diff_manifests, git_info, manifest, snapshot
 from envkit.settings import (
     CONTAINER_META,
     CONTAINER_OUTPUT,
@@ -163,7 +163,7 @@ def _device_requests(gpus: str) -> list[Any]:
 
 def hash_inputs(mounts: list[Mount]) -> list[ManifestEntry]:
     """Manifest entries of every mounted input, paths prefixed by their container target."""
-    from envkit.image.wheels import sha256_file
+    from envkit.hashing import sha256_file
 
     entries: list[ManifestEntry] = []
     for m in mounts:

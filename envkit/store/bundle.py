@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from envkit.engine import translated
 from envkit.errors import BundleError, StoreError
+from envkit.hashing import sha256_file
 from envkit.run.executor import OUTPUT_PREFIX
 from envkit.store.filestore import FileStore, validate_run_id
 from envkit.store.record import RunRecord
@@ -38,14 +39,6 @@ class ImportResult:
     run_id: str
     image_loaded: str | None
     already_present: bool
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(4 * 1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_run(store: FileStore, run_id: str, dest: Path, client: docker.DockerClient | None = None,
@@ -77,7 +70,7 @@ def export_run(store: FileStore, run_id: str, dest: Path, client: docker.DockerC
             files[IMAGE_FILE] = image_info["sha256"]
         for path, arc in members:
             if path.is_file() and not path.is_symlink():
-                files[arc] = _sha256(path)
+                files[arc] = sha256_file(path)
         manifest = {"format": FORMAT, "run_id": run_id, "files": files, "image": image_info}
         (Path(tmp) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         part = Path(tmp) / "bundle.tar.gz"
@@ -153,7 +146,7 @@ def import_bundle(store: FileStore, bundle: Path, client: docker.DockerClient | 
             path = root / arc
             if not path.is_file():
                 raise BundleError(f"bundle lacks {arc}, which its manifest lists")
-            if _sha256(path) != sha:
+            if sha256_file(path) != sha:
                 raise BundleError(f"{arc} in the bundle does not match its recorded sha256 (altered after export)",
                                   hint="get an intact copy of the bundle")
         record = _read_record(root / "run" / "record.json", run_id)
@@ -193,14 +186,14 @@ def _check_record_files(run: Path, record: RunRecord) -> None:
     """Code and outputs must hash to what the record says, not only to what the bundle's manifest says."""
     for entry in record.code.files:
         path = run / "code" / entry.path
-        if entry.link is None and (not path.is_file() or _sha256(path) != entry.sha256):
+        if entry.link is None and (not path.is_file() or sha256_file(path) != entry.sha256):
             raise BundleError(f"code file {entry.path} in the bundle does not match the run record",
                               hint="get an intact copy of the bundle")
     for entry in record.outputs:
         rel = ("output/" + entry.path[len(OUTPUT_PREFIX):]) if entry.path.startswith(OUTPUT_PREFIX) \
             else "work/" + entry.path
         path = run / rel
-        if entry.link is None and (not path.is_file() or _sha256(path) != entry.sha256):
+        if entry.link is None and (not path.is_file() or sha256_file(path) != entry.sha256):
             raise BundleError(f"output {entry.path} in the bundle does not match the run record",
                               hint="get an intact copy of the bundle")
 
