@@ -217,12 +217,16 @@ def execute(client: docker.DockerClient, store: FileStore, job: JobSpec, sink: S
     )
     record.timings = Timings(build_s=job.build_s)
     code_dir, work_dir, meta_dir, out_dir = (run_dir / n for n in ("code", "work", "meta", "output"))
+    # Copied and hashed once, into the working copy; its manifest keeps the copies' stats, so the outputs pass
+    # rehashes only files the job touched. code/ is a plain copy kept pristine for export and replay.
     if job.code_source is not None:
-        code = snapshot(job.code_source, code_dir, files=[e.path for e in manifest(job.code_source).entries])
+        src = job.code_source
+        files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_symlink() or p.is_file())
+        code = snapshot(src, work_dir, files=files)
     else:
-        code = snapshot(job.project, code_dir, exclude_dirs=[store.root])
-    shutil.copytree(code_dir, work_dir, symlinks=True)
-    work = manifest(work_dir)
+        code = snapshot(job.project, work_dir, exclude_dirs=[store.root])
+    shutil.copytree(work_dir, code_dir, symlinks=True)
+    work = code
     meta_dir.mkdir()
     out_dir.mkdir()
     # The job runs as the invoking user; it must be able to write its working copy and report folders.
