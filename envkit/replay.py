@@ -108,12 +108,21 @@ def acquire_image(client: docker.DockerClient, record: RunRecord, run_dir: Path,
             return wanted, []
         except docker.errors.ImageNotFound:
             pass
-    if record.image.digest:
-        pulled = pull_by_digest(client, record.image.digest)
+    failures = []
+    for ref in _digests(record):  # the image may have been pushed to several registries; any one will do
+        try:
+            pulled = pull_by_digest(client, ref)
+        except RegistryError as exc:
+            failures.append(exc)
+            continue
         if wanted and pulled != wanted:
-            raise RegistryError(f"{record.image.digest} pulled as image {pulled[:19]}, the run used {wanted[:19]}",
+            raise RegistryError(f"{ref} pulled as image {pulled[:19]}, the run used {wanted[:19]}",
                                 hint="the registry holds another image under that name; do not trust it")
-        return pulled, [f"image pulled by digest {record.image.digest}"]
+        return pulled, [f"image pulled by digest {ref}"]
+    if failures and not rebuild:
+        raise failures[-1] if len(failures) == 1 else RegistryError(
+            f"none of the image's {len(failures)} registry digests could be pulled ({failures[-1].message})",
+            hint="check that one of the registries is reachable from the Docker engine")
     if rebuild:
         return _rebuild(client, record, run_dir)
     raise ImageNotFoundError(
@@ -146,6 +155,10 @@ def _rebuild(client: docker.DockerClient, record: RunRecord, run_dir: Path) -> t
                              f"recorded {(record.image.id or '?')[:19]}"]
 
 
+def _digests(record: RunRecord) -> list[str]:
+    return list(dict.fromkeys(([record.image.digest] if record.image.digest else []) + record.image.digests))
+
+
 # --- 3. the rerun ------------------------------------------------------------------------------------------------
 def replay_job(record: RunRecord, run_dir: Path, image_id: str, mismatch: bool,
                mount_overrides: dict[str, Path] | None = None) -> JobSpec:
@@ -156,7 +169,7 @@ def replay_job(record: RunRecord, run_dir: Path, image_id: str, mismatch: bool,
         mounts.append(Mount(Path(source), m["target"]))
     return JobSpec(
         project=run_dir / "code", script=record.script or "", args=list(record.args), image_id=image_id,
-        image_ref=record.image.ref, image_digest=record.image.digest, seed=int(record.seed or 0),
+        image_ref=record.image.ref, image_digests=_digests(record), seed=int(record.seed or 0),
         determinism=record.determinism, threads=record.threads, cpu_profile=record.cpu_profile, mounts=mounts,
         trace=record.trace, lock=record.lock, command=[], replay_of=record.run_id, platform_mismatch=mismatch,
         expected_inputs=list(record.inputs), code_source=run_dir / "code",
@@ -187,7 +200,7 @@ def _user_env(record: RunRecord) -> dict[str, str]:
 
 
 def replay_job_stub(record: RunRecord) -> JobSpec:
-    return JobSpec(project=Path("."), script="", args=[], image_id="", image_ref=None, image_digest=None,
+    return JobSpec(project=Path("."), script="", args=[], image_id="", image_ref=None, image_digests=[],
                    seed=int(record.seed or 0), determinism=record.determinism, threads=record.threads,
                    cpu_profile=record.cpu_profile, trace=record.trace)
 

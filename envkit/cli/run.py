@@ -83,7 +83,7 @@ def run_cmd(
                                  param_hint="--cpu-profile")
     job = JobSpec(
         project=project, script=rel_script, args=list(args or []), image_id=resolved.id, image_ref=resolved.ref,
-        image_digest=resolved.digest, seed=seed, determinism=determinism, threads=threads, cpu_profile=cpu_profile,
+        image_digests=resolved.digests, seed=seed, determinism=determinism, threads=threads, cpu_profile=cpu_profile,
         gpus=gpus, mounts=mounts, trace=trace, network=network, lock=resolved.lock,
         command=["envkit", *sys.argv[1:]] if sys.argv and "envkit" in Path(sys.argv[0]).name else [],
         build_s=resolved.build_s, lock_text=resolved.lock_text, extra_env=extra_env, memory=memory,
@@ -121,7 +121,7 @@ def summary(record) -> dict:
     return {
         "run_id": record.run_id, "status": record.status, "exit_code": record.exit_code, "seed": record.seed,
         "determinism": record.determinism, "threads": record.threads, "cpu_profile": record.cpu_profile,
-        "image": record.image.id, "image_digest": record.image.digest, "code_sha256": record.code.sha256,
+        "image": record.image.id, "image_digests": record.image.digests, "code_sha256": record.code.sha256,
         "outputs": [e.to_dict() for e in record.outputs], "timings": record.timings.__dict__,
         "replay_of": record.replay_of,
     }

@@ -86,7 +86,7 @@ class JobSpec:
     args: list[str]
     image_id: str
     image_ref: str | None
-    image_digest: str | None
+    image_digests: list[str]
     seed: int
     determinism: str
     threads: int
@@ -210,7 +210,9 @@ def execute(client: docker.DockerClient, store: FileStore, job: JobSpec, sink: S
     record = RunRecord(
         run_id=run_id, command=job.command, script=job.script, args=list(job.args), seed=job.seed,
         determinism=job.determinism, threads=job.threads, cpu_profile=job.cpu_profile,
-        environment=env, image=ImageInfo(id=job.image_id, digest=job.image_digest, ref=job.image_ref),
+        environment=env, image=ImageInfo(id=job.image_id, ref=job.image_ref,
+                                                digest=job.image_digests[0] if job.image_digests else None,
+                                                digests=list(job.image_digests)),
         lock=job.lock, inputs=inputs, replay_of=job.replay_of, platform_mismatch=job.platform_mismatch,
         mounts=[{"source": str(m.source), "target": m.target} for m in job.mounts], trace=job.trace,
         memory=job.memory,

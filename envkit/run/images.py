@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class ResolvedImage:
     id: str
     ref: str | None
-    digest: str | None  # repo@sha256:... when the image was pushed or pulled
+    digests: list[str]  # repo@sha256:... for every registry it was pushed to or pulled from
     lock: LockInfo | None
     build_s: float | None
     cpu_profile: str | None  # the profile baked into the image, if envkit built it
@@ -50,8 +50,7 @@ def resolve_image(client: docker.DockerClient, project: Path, lock_path: Path | 
         lock = load_lockfile(lock_path)
         t0 = time.monotonic()
         result = build_image(client, lock, cpu_profile=cpu_profile, progress=progress)
-        digest = _repo_digest(client, result.image_id)
-        return ResolvedImage(result.image_id, result.tag, digest,
+        return ResolvedImage(result.image_id, result.tag, _repo_digests(client, result.image_id),
                              LockInfo(path=str(lock_path), sha256=lock.content_sha256, name=lock.name),
                              round(time.monotonic() - t0, 3), cpu_profile, lock_path.read_text(encoding="utf-8"))
     assert image is not None
@@ -64,12 +63,10 @@ def resolve_image(client: docker.DockerClient, project: Path, lock_path: Path | 
     labels = img.labels or {}
     lock = LockInfo(sha256=labels[LABEL_LOCK_SHA], name=labels.get(LABEL_LOCK_NAME)) if LABEL_LOCK_SHA in labels \
         else None
-    digests = img.attrs.get("RepoDigests") or []
-    return ResolvedImage(img.id, image, digests[0] if digests else None, lock, None,
+    return ResolvedImage(img.id, image, sorted(img.attrs.get("RepoDigests") or []), lock, None,
                          labels.get("io.envkit.cpu-profile"))
 
 
-def _repo_digest(client: docker.DockerClient, image_id: str) -> str | None:
+def _repo_digests(client: docker.DockerClient, image_id: str) -> list[str]:
     with translated("reading the image's registry digests", image=image_id):
-        digests = client.images.get(image_id).attrs.get("RepoDigests") or []
-    return digests[0] if digests else None
+        return sorted(client.images.get(image_id).attrs.get("RepoDigests") or [])

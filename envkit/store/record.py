@@ -47,6 +47,7 @@ def redact_environment(env: Mapping[str, str]) -> dict[str, str]:
 class ImageInfo:
     id: str | None = None  # sha256:... image ID (content-addressed config)
     digest: str | None = None  # registry digest (repo@sha256:...) when the image was pushed or pulled
+    digests: list[str] = field(default_factory=list)  # every registry digest the engine knows for it
     ref: str | None = None  # the tag or reference the user gave
 
 

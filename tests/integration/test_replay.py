@@ -115,7 +115,7 @@ def test_two_hosts_through_a_registry(tmp_path, tiny_lock, registry, host_b):
     pushed = run_json("build", str(tiny_lock), "--push", repo, "--json")
     (tmp_path / "draw.py").write_text(DRAW)
     out = run_json("run", "--seed", "11", "--lock", str(tiny_lock), "--json", "draw.py", cwd=tmp_path)
-    assert out["image_digest"] == pushed["repo_digest"]
+    assert pushed["repo_digest"] in out["image_digests"]
     bundle = tmp_path / "run.tar.gz"
     assert envkit("export", out["run_id"], "-o", str(bundle), cwd=tmp_path).returncode == 0
     env_b = {"DOCKER_HOST": host_b["DOCKER_HOST"], "ENVKIT_HOME": host_b["ENVKIT_HOME"]}
