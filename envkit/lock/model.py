@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from envkit.errors import LockfileError
+from envkit.lock.yamlfile import read_yaml
 
 SCHEMA_VERSION = 1
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -125,16 +126,8 @@ def load_lockfile(path: Path) -> Lockfile:
         LockfileError: missing, malformed, unknown schema version, unknown keys, a package without a hash, or a
             content hash that does not match (edited by hand).
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise LockfileError(f"lockfile {path} not found", hint="create one with `envkit lock SPEC.yaml`") from exc
-    except IsADirectoryError as exc:
-        raise LockfileError(f"{path} is a directory, not a lockfile") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise LockfileError(f"{path} is not valid YAML", hint="regenerate it with `envkit lock SPEC.yaml`") from exc
+    data = read_yaml(path, LockfileError, "lockfile", missing_hint="create one with `envkit lock SPEC.yaml`",
+                     invalid_hint="regenerate it with `envkit lock SPEC.yaml`")
     return parse_lockfile(data, source=str(path))
 
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from envkit.errors import SpecError
+from envkit.lock.yamlfile import read_yaml
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _PY_RE = re.compile(r"^3\.\d{1,2}$")
@@ -70,21 +70,7 @@ def load_spec(path: Path) -> Spec:
     Raises:
         SpecError: the file is missing, not YAML, has unknown keys or bad values.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise SpecError(f"spec file {path} not found", hint="write an envkit.yaml (see README: 'The spec')") from exc
-    except OSError as exc:
-        raise SpecError(f"cannot read spec file {path}: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise SpecError(f"{path} is not valid YAML{where}: {problem}") from exc
+    data = read_yaml(path, SpecError, "spec file", missing_hint="write an envkit.yaml (see README: 'The spec')")
     spec = parse_spec(data, source=str(path))
     return _resolve_relative_links(spec, path.parent)
 

@@ -1,0 +1,33 @@
+"""Reading the YAML files users hand to envkit (specs, lockfiles) with one-line errors of the caller's class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from envkit.errors import EnvkitError
+
+
+def read_yaml(path: Path, error: type[EnvkitError], what: str, missing_hint: str, invalid_hint: str | None = None) -> Any:
+    """The parsed YAML of ``path``.
+
+    Raises:
+        ``error``: the file is missing, unreadable, a directory, or not YAML (with the line and column).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise error(f"{what} {path} not found", hint=missing_hint) from exc
+    except IsADirectoryError as exc:
+        raise error(f"{path} is a directory, not a {what}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise error(f"{path} is not valid YAML{where}: {problem}", hint=invalid_hint) from exc
