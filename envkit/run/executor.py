@@ -210,9 +210,9 @@ def execute(client: docker.DockerClient, store: FileStore, job: JobSpec, sink: S
     record = RunRecord(
         run_id=run_id, command=job.command, script=job.script, args=list(job.args), seed=job.seed,
         determinism=job.determinism, threads=job.threads, cpu_profile=job.cpu_profile,
-        environment=env, image=ImageInfo(id=job.image_id, ref=job.image_ref,
-                                                digest=job.image_digests[0] if job.image_digests else None,
-                                                digests=list(job.image_digests)),
+        environment=env,
+        image=ImageInfo(id=job.image_id, ref=job.image_ref, digests=list(job.image_digests),
+                        digest=job.image_digests[0] if job.image_digests else None),
         lock=job.lock, inputs=inputs, replay_of=job.replay_of, platform_mismatch=job.platform_mismatch,
         mounts=[{"source": str(m.source), "target": m.target} for m in job.mounts], trace=job.trace,
         memory=job.memory,
@@ -229,11 +229,8 @@ def execute(client: docker.DockerClient, store: FileStore, job: JobSpec, sink: S
         code = snapshot(job.project, work_dir, exclude_dirs=[store.root])
     shutil.copytree(work_dir, code_dir, symlinks=True)
     work = code
-    meta_dir.mkdir()
+    meta_dir.mkdir()  # the job runs as the invoking user, who owns these folders: no mode change needed
     out_dir.mkdir()
-    # The job runs as the invoking user; it must be able to write its working copy and report folders.
-    for d in (work_dir, meta_dir, out_dir):
-        os.chmod(d, 0o777 if os.geteuid() != 0 else 0o755)
     gi = git_info(job.project) if job.code_source is None else None
     record.code = CodeInfo(sha256=code.sha256, git_commit=gi.commit if gi else None,
                            git_dirty=gi.dirty if gi else None, diff_sha256=gi.diff_sha256 if gi and gi.dirty else None,
