@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from envkit import cpuprofile
 from envkit.errors import TraceError
 from envkit.fingerprint import compare_fingerprints
 from envkit.run.snapshot import ManifestEntry
@@ -426,7 +427,8 @@ def record_differences(a: RunRecord, b: RunRecord) -> list[Difference]:
             continue  # secrets are not recorded: cannot tell
         add("environment", name, va, vb, *_env_class(name))
     profile = "native" if "native" in (a.cpu_profile, b.cpu_profile) else "portable"
-    for d in compare_fingerprints(dataclasses.asdict(a.fingerprint), dataclasses.asdict(b.fingerprint), profile):
+    for d in compare_fingerprints(dataclasses.asdict(a.fingerprint), dataclasses.asdict(b.fingerprint), profile,
+                                  vendor_changes_numerics=cpuprofile.vendor_changes_numerics(profile)):
         add("fingerprint", d.path, d.recorded, d.current, d.changes_numerics, d.why)
     add("command", "trace interval", a.trace, b.trace, False, _ENV_HARMLESS["ENVKIT_TRACE"])
     add("command", "memory limit", a.memory, b.memory, False, "a limit stops a job, it does not change its numbers")
