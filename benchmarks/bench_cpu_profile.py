@@ -7,7 +7,7 @@ variants run interleaved, rep by rep, so that load from elsewhere hits them alik
 
 - native: ``profile_env("native", threads)`` (the plain torch build's choices);
 - portable env: ``profile_env("portable", threads)`` without the op override, to show what the settings cost;
-- portable: the same plus ``envkit.run.portable_ops`` installed, as the bootstrap does in a portable run.
+- portable: the same plus ``envkit.injob.portable_ops`` installed, as the bootstrap does in a portable run.
 
 Workloads, each timed inside its process after one warm-up round:
 
@@ -84,7 +84,7 @@ def worker(workload: str, inner: int) -> None:
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     if os.environ.get("ENVKIT_CPU_PROFILE") == "portable":
-        from envkit.run import portable_ops
+        from envkit.injob import portable_ops
 
         portable_ops.install(torch)
     fn = {"train": _train, "matmul": _matmul, "adam": _adam}[workload](torch)

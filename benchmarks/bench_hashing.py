@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from envkit.run.snapshot import manifest, snapshot
+from envkit.manifest import manifest
+from envkit.run.snapshot import snapshot
 
 
 def best(fn: Callable[[], object], repeat: int) -> float:

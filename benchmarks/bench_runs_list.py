@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from envkit.fingerprint import host_fingerprint
-from envkit.run.snapshot import ManifestEntry
+from envkit.manifest import ManifestEntry
 from envkit.store.filestore import FileStore
 from envkit.store.record import CodeInfo, Fingerprint, ImageInfo, RunRecord, Timings
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from envkit.run import trace
+from envkit.injob import trace
 
 DEFAULT = trace.AUTO
 

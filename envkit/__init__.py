@@ -1,7 +1,11 @@
 """envkit: reproducible ML environments.
 
-The public Python API is small and imports nothing heavy: :func:`seed_everything`, :func:`rng_state` and
-:func:`set_rng_state` work in a plain Python process, without containers.
+The public Python API (see :mod:`envkit.api`), loaded on first use so that ``import envkit`` stays cheap:
+
+- :func:`lock`, :func:`build`, :func:`run`, :func:`replay`, :func:`runs`, :func:`show`: the CLI's workflows;
+- :func:`seed_everything`, :func:`rng_state`, :func:`set_rng_state`: seeding in a plain process, without containers.
+
+Errors are :class:`envkit.errors.EnvkitError` subclasses.
 """
 
 from __future__ import annotations
@@ -10,34 +14,19 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "seed_everything", "rng_state", "set_rng_state"]
+__all__ = ["__version__", "build", "lock", "replay", "rng_state", "run", "runs", "seed_everything",
+           "set_rng_state", "show"]
+
+_API = frozenset(__all__) - {"__version__"}
 
 
-def seed_everything(seed: int, determinism: str = "strict", threads: int | None = None) -> dict[str, Any]:
-    """Seed every generator (random, numpy, torch CPU and CUDA) and apply a determinism level.
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from envkit import api
 
-    Args:
-        seed: the run's seed (0 <= seed < 2**32).
-        determinism: ``strict``, ``warn``, ``seed`` or ``off``.
-        threads: pin torch / OpenMP thread counts to this number (``None``: leave as is).
-
-    Returns:
-        A report of what was seeded and which flags are in effect.
-    """
-    from envkit.run import bootstrap
-
-    return bootstrap.seed_everything(seed, determinism=determinism, threads=threads)
+        return getattr(api, name)
+    raise AttributeError(f"module 'envkit' has no attribute {name!r}")
 
 
-def rng_state() -> dict[str, Any]:
-    """Capture the state of every generator seeded by :func:`seed_everything` (for checkpoints)."""
-    from envkit.run import bootstrap
-
-    return bootstrap.rng_state()
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore generator states captured by :func:`rng_state`; a resumed run continues bit-identically."""
-    from envkit.run import bootstrap
-
-    bootstrap.set_rng_state(state)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _API)

@@ -36,9 +36,10 @@ from envkit.errors import CpuProfileError, PlatformError
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 PORTABLE_BASELINE_FLAGS = ("avx2", "fma")  # /proc/cpuinfo names; what ATEN_CPU_CAPABILITY=avx2 needs to take effect
 
-# Fingerprint fields (envkit.fingerprint's dotted paths) that describe the CPU. Under native each may change the bits;
-# under portable only the architecture does (another architecture runs other machine code).
-_CPU_FIELDS = {
+# Fingerprint fields (envkit.fingerprint's dotted paths) that describe the CPU, and why each may change the bits. This is
+# the one table of them: envkit.fingerprint asks classify_cpu_field(). Under native each may change the bits; under
+# portable only the architecture does (another architecture runs other machine code).
+CPU_FIELDS = {
     "host.arch": "another architecture runs other machine code",
     "host.cpu_vendor": "MKL picks its kernels by vendor (generic ones on AMD, ISA-specific ones on Intel)",
     "host.cpu_flags": "ATen, oneDNN and MKL dispatch on instruction sets (AVX-512 kernels sum in another order)",
@@ -63,7 +64,7 @@ PROFILES: dict[str, CpuProfile] = {
         name="native",
         summary="the host's best kernels; bit-identical only on the same CPU vendor, model and instruction sets",
         image_env=dict(_ALWAYS),
-        numerics_fields=frozenset(_CPU_FIELDS),
+        numerics_fields=frozenset(CPU_FIELDS),
     ),
     "portable": CpuProfile(
         name="portable",
@@ -123,14 +124,14 @@ def numerics_fields(profile: str) -> set[str]:
     return set(get_profile(profile).numerics_fields)
 
 
-def field_reason(path: str) -> str | None:
-    """Why a CPU field can change numerics (for the platform check's messages), or None for other fields."""
-    return _CPU_FIELDS.get(path)
-
-
-def vendor_changes_numerics(profile: str) -> bool:
-    """Whether another CPU vendor changes the bits under this profile (the flag of fingerprint.compare_fingerprints)."""
-    return "host.cpu_vendor" in get_profile(profile).numerics_fields
+def classify_cpu_field(path: str, profile: str) -> tuple[bool, str] | None:
+    """``(changes numerics, why)`` for a CPU field of a fingerprint under a profile; None for other fields."""
+    reason = CPU_FIELDS.get(path)
+    if reason is None:
+        return None
+    if path in get_profile(profile).numerics_fields:
+        return True, reason
+    return False, f"the {profile} CPU profile pins the kernels, so this does not change the bits"
 
 
 def numpy_env(profile: str, numpy_version: str | None) -> dict[str, str]:

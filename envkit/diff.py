@@ -20,10 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envkit import cpuprofile
 from envkit.errors import TraceError
 from envkit.fingerprint import compare_fingerprints
-from envkit.run.snapshot import ManifestEntry
+from envkit.manifest import ManifestEntry, compare
+from envkit.settings import (
+    ENV_CPU_PROFILE,
+    ENV_DETERMINISM,
+    ENV_OUTPUT_DIR,
+    ENV_REPORT_DIR,
+    ENV_RUN_ID,
+    ENV_SEED,
+    ENV_THREADS,
+    ENV_TRACE,
+    ENV_TRACE_FILE,
+    ENV_TRACE_GRADS,
+)
+from envkit.store.layout import META_DIR
 from envkit.store.record import REDACTED, RunRecord
 
 TRACE_GLOB = "trace*.jsonl"
@@ -39,13 +51,13 @@ OUTPUTS_DIFFER = "outputs-differ"  # outputs differ; no trace to say where
 KINDS = ("seed", "determinism", "threads", "cpu_profile", "image", "lock", "code", "inputs", "command", "environment",
          "fingerprint", "status")
 # Environment variables that mirror a record field (compared there) or always differ.
-_ENV_SKIP = {"ENVKIT_SEED", "ENVKIT_DETERMINISM", "ENVKIT_THREADS", "ENVKIT_CPU_PROFILE", "ENVKIT_RUN_ID"}
+_ENV_SKIP = {ENV_SEED, ENV_DETERMINISM, ENV_THREADS, ENV_CPU_PROFILE, ENV_RUN_ID}
 _ENV_HARMLESS = {
-    "ENVKIT_TRACE": "the step trace reads the parameters, it does not change them",
-    "ENVKIT_TRACE_FILE": "the step trace reads the parameters, it does not change them",
-    "ENVKIT_TRACE_GRADS": "the step trace reads the gradients, it does not change them",
-    "ENVKIT_REPORT_DIR": "where envkit writes its reports",
-    "ENVKIT_OUTPUT_DIR": "where the job writes outputs",
+    ENV_TRACE: "the step trace reads the parameters, it does not change them",
+    ENV_TRACE_FILE: "the step trace reads the parameters, it does not change them",
+    ENV_TRACE_GRADS: "the step trace reads the gradients, it does not change them",
+    ENV_REPORT_DIR: "where envkit writes its reports",
+    ENV_OUTPUT_DIR: "where the job writes outputs",
 }
 
 
@@ -113,7 +125,7 @@ def trace_files(path: Path) -> dict[str, Path]:
     path = Path(path)
     if path.is_file():
         return {path.name: path}
-    folder = path / "meta" if (path / "meta").is_dir() else path
+    folder = path / META_DIR if (path / META_DIR).is_dir() else path
     return {p.name: p for p in sorted(folder.glob(TRACE_GLOB)) if p.is_file()}
 
 
@@ -427,10 +439,9 @@ def record_differences(a: RunRecord, b: RunRecord) -> list[Difference]:
             continue  # secrets are not recorded: cannot tell
         add("environment", name, va, vb, *_env_class(name))
     profile = "native" if "native" in (a.cpu_profile, b.cpu_profile) else "portable"
-    for d in compare_fingerprints(dataclasses.asdict(a.fingerprint), dataclasses.asdict(b.fingerprint), profile,
-                                  vendor_changes_numerics=cpuprofile.vendor_changes_numerics(profile)):
+    for d in compare_fingerprints(dataclasses.asdict(a.fingerprint), dataclasses.asdict(b.fingerprint), profile):
         add("fingerprint", d.path, d.recorded, d.current, d.changes_numerics, d.why)
-    add("command", "trace interval", a.trace, b.trace, False, _ENV_HARMLESS["ENVKIT_TRACE"])
+    add("command", "trace interval", a.trace, b.trace, False, _ENV_HARMLESS[ENV_TRACE])
     add("command", "memory limit", a.memory, b.memory, False, "a limit stops a job, it does not change its numbers")
     add("status", "status", a.status, b.status, False, "a run that stopped early has fewer steps and outputs")
     add("status", "exit code", a.exit_code, b.exit_code, False, "how the job ended")
@@ -448,8 +459,7 @@ def _env_class(name: str) -> tuple[bool, str]:
 
 
 def _file_changes(a: list[ManifestEntry], b: list[ManifestEntry]) -> list[FileChange]:
-    ha, hb = {e.path: e.sha256 for e in a}, {e.path: e.sha256 for e in b}
-    return [FileChange(p, ha.get(p), hb.get(p)) for p in sorted(set(ha) | set(hb)) if ha.get(p) != hb.get(p)]
+    return [FileChange(c.path, c.sha_a, c.sha_b) for c in compare(a, b) if c.sha_a != c.sha_b]
 
 
 # --- rendering -------------------------------------------------------------------------------------------------------

@@ -28,11 +28,11 @@ def run_checks(store_root: Path, cache_root: Path) -> list[Check]:
 
 
 def _engine() -> Check:
-    from envkit.engine import connect, engine_info
+    from envkit.engine import connect
     from envkit.errors import EnvkitError
 
     try:
-        info = engine_info(connect(timeout=10))
+        info = connect(timeout=10).facts()
     except EnvkitError as exc:
         return Check("Docker engine", False, exc.message, exc.hint)
     return Check("Docker engine", True, f"{info['version']} ({info['storage_driver']}, {info['arch']})")
@@ -46,12 +46,13 @@ def _gpu() -> Check:
         return Check("GPUs", True, f"none ({gpus.get('reason', 'NVML not available')}); jobs run on the CPU",
                      required=False)
     names = ", ".join(d.get("name", "?") for d in gpus.get("devices", []))
-    try:
-        from envkit.engine import connect
+    from envkit.engine import connect
+    from envkit.errors import EnvkitError
 
-        runtimes = (connect(timeout=10).info().get("Runtimes") or {}).keys()
-    except Exception:  # noqa: BLE001 - the engine check reports engine problems
-        runtimes = ()
+    try:
+        runtimes = connect(timeout=10).facts().get("runtimes") or []
+    except EnvkitError:  # the engine check reports engine problems
+        runtimes = []
     if "nvidia" not in runtimes:
         return Check("GPUs", False, f"{names}, but the Docker engine has no nvidia runtime",
                      "install the NVIDIA container toolkit (nvidia-ctk runtime configure --runtime=docker)")

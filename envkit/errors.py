@@ -148,10 +148,17 @@ class SnapshotError(EnvkitError):
 
 # --- replay ------------------------------------------------------------------------------------------------------
 class PlatformMismatchError(EnvkitError):
-    """The replay host differs from the recorded one in a field that changes numerics."""
+    """The replay host differs from the recorded one in a field that changes numerics.
+
+    ``differences`` holds them (``envkit.fingerprint.FieldDiff``), for the CLI's table or a caller's own use.
+    """
 
     exit_code = 40
     default_hint = "run on a matching host, or pass --force to replay anyway (the replay is marked mismatched)"
+
+    def __init__(self, message: str, hint: str | None = None, differences: list | None = None) -> None:
+        super().__init__(message, hint)
+        self.differences = list(differences or [])
 
 
 class InputChangedError(EnvkitError):

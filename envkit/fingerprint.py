@@ -6,10 +6,11 @@ its field ``None`` and its error text under the section's ``errors``; a host wit
 ``{"available": false, "reason": ...}``. Nothing here raises.
 
 The ``container`` section (Python, torch, CUDA runtime, cuDNN, NCCL, MKL, oneDNN, ATen capability, threads) comes from
-``envkit/run/probe.py`` run inside the image and is merged in by the executor.
+``envkit/injob/probe.py`` run inside the image and is merged in by the executor.
 
-:func:`compare_fingerprints` tells replay which differences matter: :data:`FIELD_CLASSES` says, per field, whether a
-difference can change the bits a job computes.
+:func:`compare_fingerprints` tells replay and ``envkit diff`` which differences matter: :data:`FIELD_CLASSES` says,
+per field, whether a difference can change the bits a job computes. The CPU fields (architecture, vendor, model,
+instruction sets) are classed by the run's CPU profile, and :mod:`envkit.cpuprofile` owns that table.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from envkit import cpuprofile
 from envkit.settings import CPU_PROFILES
 
 if TYPE_CHECKING:
-    import docker
+    from envkit.engine import Engine
 
 SCHEMA_VERSION = 1
 
@@ -38,11 +40,11 @@ _NUMERIC_FLAGS = re.compile(
 
 
 # --- probing -----------------------------------------------------------------------------------------------------
-def host_fingerprint(client: docker.DockerClient | None = None) -> dict[str, Any]:
-    """This host's fingerprint: ``schema_version``, ``host``, ``gpus`` and, given an engine client, ``engine``."""
+def host_fingerprint(engine: Engine | None = None) -> dict[str, Any]:
+    """This host's fingerprint: ``schema_version``, ``host``, ``gpus`` and, given an engine, ``engine``."""
     fp: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "host": host_section(), "gpus": gpu_section()}
-    if client is not None:
-        fp["engine"] = engine_section(client)
+    if engine is not None:
+        fp["engine"] = engine_section(engine)
     return fp
 
 
@@ -119,14 +121,14 @@ def _os_release(path: str = "/etc/os-release") -> str:
     return values.get("PRETTY_NAME") or f"{values.get('ID', '?')} {values.get('VERSION_ID', '')}".strip()
 
 
-def engine_section(client: docker.DockerClient) -> dict[str, Any]:
-    """:func:`envkit.engine.engine_info`, or ``{"error": ...}`` when the engine does not answer."""
-    from envkit import engine
+def engine_section(engine: Engine) -> dict[str, Any]:
+    """The engine's facts, or ``{"error": ...}`` when the engine does not answer."""
+    from envkit.errors import EnvkitError
 
     try:
-        return engine.engine_info(client)
-    except Exception as exc:  # noqa: BLE001 - a fingerprint without engine facts is still a fingerprint
-        return {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
+        return engine.facts()
+    except EnvkitError as exc:  # a fingerprint without engine facts is still a fingerprint
+        return {"error": exc.message}
 
 
 def gpu_section() -> dict[str, Any]:
@@ -200,11 +202,7 @@ _DIAGNOSTIC = FieldClass(False, "probe diagnostics")
 # entry wins; a field in no entry is treated as changing numerics (see classify()).
 FIELD_CLASSES: dict[str, FieldClass] = {
     "schema_version": FieldClass(False, "the fingerprint's format, not the host"),
-    "host.arch": FieldClass(True, "another architecture runs other machine code"),
-    "host.cpu_vendor": FieldClass(True, "MKL, oneDNN and OpenBLAS choose kernels by CPU vendor"),
-    "host.cpu_model": FieldClass(False, "the model name alone changes nothing; vendor and instruction sets count"),
-    "host.cpu_flags": FieldClass(True, "ATen, oneDNN, MKL and OpenBLAS dispatch on instruction sets "
-                                       "(AVX2 and AVX-512 kernels sum in another order)"),
+    # host.arch, host.cpu_vendor, host.cpu_model, host.cpu_flags: classed by the CPU profile (envkit.cpuprofile)
     "host.logical_cores": FieldClass(False, "the run pins its thread counts (container.threads)"),
     "host.cpus_available": FieldClass(False, "the run pins its thread counts (container.threads)"),
     "host.memory_bytes": FieldClass(False, f"memory size {_NOT_ARITHMETIC}"),
@@ -245,25 +243,26 @@ _UNCLASSIFIED = FieldClass(True, "not classified; treated as changing numerics t
 _INDEX = re.compile(r"\[\d+\]")
 
 
-def classify_fields() -> dict[str, FieldClass]:
-    """The classification table: field path (``[]`` for list positions, ``.*`` for a whole section) -> class."""
-    return dict(FIELD_CLASSES)
+def classify_fields(cpu_profile: str = "native") -> dict[str, FieldClass]:
+    """The classification table for a CPU profile: field path (``[]`` for list positions, ``.*`` for a whole
+    section) -> class."""
+    table = dict(FIELD_CLASSES)
+    for path in cpuprofile.CPU_FIELDS:
+        table[path] = classify(path, cpu_profile)
+    return table
 
 
-def classify(path: str, cpu_profile: str = "native", vendor_changes_numerics: bool = True) -> FieldClass:
+def classify(path: str, cpu_profile: str = "native") -> FieldClass:
     """Whether a difference in the field at ``path`` (``gpus.devices[0].name``) changes numerics, and why.
 
     Args:
         path: the field's dotted path.
-        cpu_profile: ``native`` (the image uses the host's best instruction sets) or ``portable`` (it is pinned to a
-            baseline, so instruction-set flags no longer matter).
-        vendor_changes_numerics: whether another CPU vendor counts as a numerics change.
+        cpu_profile: the run's CPU profile, which decides the CPU fields (:func:`envkit.cpuprofile.classify_cpu_field`).
     """
     generic = _INDEX.sub("[]", path)
-    if generic == "host.cpu_flags" and cpu_profile == "portable":
-        return FieldClass(False, "the portable CPU profile pins kernels to a baseline instruction set")
-    if generic == "host.cpu_vendor" and not vendor_changes_numerics:
-        return FieldClass(False, "CPU vendor differences were declared harmless for this comparison")
+    cpu = cpuprofile.classify_cpu_field(generic, cpu_profile)
+    if cpu is not None:
+        return FieldClass(*cpu)
     parts = generic.split(".")
     for k in range(len(parts), 0, -1):
         key = ".".join(parts[:k]) + ("" if k == len(parts) else ".*")
@@ -285,8 +284,8 @@ class FieldDiff:
                 "changes_numerics": self.changes_numerics, "why": self.why}
 
 
-def compare_fingerprints(recorded: Mapping[str, Any], current: Mapping[str, Any], cpu_profile: str = "native",
-                         vendor_changes_numerics: bool = True) -> list[FieldDiff]:
+def compare_fingerprints(recorded: Mapping[str, Any], current: Mapping[str, Any],
+                         cpu_profile: str = "native") -> list[FieldDiff]:
     """Every field that differs between two fingerprints, with whether the difference changes numerics.
 
     A field present on one side only (a probe that failed, a section not taken) is a difference too: its value on
@@ -304,7 +303,7 @@ def compare_fingerprints(recorded: Mapping[str, Any], current: Mapping[str, Any]
         a, b = old.get(path), new.get(path)
         if a == b:
             continue
-        cls = classify(path, cpu_profile, vendor_changes_numerics)
+        cls = classify(path, cpu_profile)
         why = cls.why
         if isinstance(a, list) and isinstance(b, list):
             only_a, only_b = sorted(set(map(str, a)) - set(map(str, b))), sorted(set(map(str, b)) - set(map(str, a)))

@@ -1,4 +1,4 @@
-"""Files shipped with envkit: the top-level docker/ folder (Dockerfile template, in-image files).
+"""Files shipped with envkit: the top-level docker/ folder (Dockerfile template, .pth hook) and the in-job package.
 
 An installed wheel carries docker/ as the package data ``envkit/_docker``; a source checkout (editable install)
 reads the repository's docker/ folder. docker/ is deliberately not a Python package: a folder named ``docker``
@@ -11,6 +11,7 @@ from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
 _CANDIDATES = (_HERE / "_docker", _HERE.parent / "docker")
+INJOB_DIR = _HERE / "injob"
 
 
 def docker_file(name: str) -> Path:
@@ -22,7 +23,14 @@ def docker_file(name: str) -> Path:
     raise FileNotFoundError(f"envkit is missing its data file docker/{name}; reinstall envkit")
 
 
-def package_file(module_dir: str, name: str) -> Path | None:
-    """Path of a source file inside envkit (e.g. run/bootstrap.py), or None if it does not exist."""
-    path = _HERE / module_dir / name
-    return path if path.is_file() else None
+def injob_file(name: str) -> Path:
+    """Path of one module of the in-job package (``probe.py``, ``tensordiff.py``...)."""
+    path = INJOB_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"envkit is missing envkit/injob/{name}; reinstall envkit")
+    return path
+
+
+def injob_sources() -> dict[str, bytes]:
+    """Every module of the in-job package by file name, as it goes into images (sorted, bytes)."""
+    return {p.name: p.read_bytes() for p in sorted(INJOB_DIR.glob("*.py"))}

@@ -1,31 +1,37 @@
-"""Every ENVKIT_* environment variable, its default, and the paths derived from them, in one place."""
+"""Every ENVKIT_* environment variable, image label and fixed path, with its default, in one place.
+
+The variables a job sees inside its container are defined by the in-job package (:mod:`envkit.injob.state`), which
+may import nothing of envkit; they are re-exported here so that host code names them from one module.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from envkit.injob.state import (  # noqa: F401 - re-exported: the one definition lives in the in-job package
+    DEFAULT_DETERMINISM,
+    DEFAULT_THREADS,
+    DETERMINISM_LEVELS,
+    ENV_BOOTSTRAP_ROOT,
+    ENV_CPU_PROFILE,
+    ENV_DETERMINISM,
+    ENV_OUTPUT_DIR,
+    ENV_REPORT_DIR,
+    ENV_RUN_ID,
+    ENV_SEED,
+    ENV_THREADS,
+    ENV_TRACE,
+    ENV_TRACE_FILE,
+    ENV_TRACE_GRADS,
+    THREAD_ENV_VARS,
+)
+
 # --- variables the user sets on the host -------------------------------------------------------------------------
 ENV_HOME = "ENVKIT_HOME"  # the run store; default ./.envkit in the project folder
 ENV_CACHE = "ENVKIT_CACHE"  # wheel cache and base-image build cache; default ~/.cache/envkit
 ENV_DEBUG = "ENVKIT_DEBUG"  # "1": the CLI shows tracebacks
 
-# --- variables envkit sets inside the job's container (read by the bootstrap) -------------------------------------
-ENV_SEED = "ENVKIT_SEED"
-ENV_DETERMINISM = "ENVKIT_DETERMINISM"  # strict | warn | seed | off
-ENV_THREADS = "ENVKIT_THREADS"
-ENV_REPORT_DIR = "ENVKIT_REPORT_DIR"  # where the bootstrap writes its per-process JSON report
-ENV_OUTPUT_DIR = "ENVKIT_OUTPUT_DIR"  # everything under it is an output of the run
-ENV_RUN_ID = "ENVKIT_RUN_ID"
-ENV_CPU_PROFILE = "ENVKIT_CPU_PROFILE"  # native | portable
-ENV_TRACE = "ENVKIT_TRACE"  # step-trace interval: N steps, auto (powers of two within a 1% budget), 0 = off
-ENV_TRACE_FILE = "ENVKIT_TRACE_FILE"  # the trace file of the job's first tracing process (others: trace.rankR...)
-ENV_TRACE_GRADS = "ENVKIT_TRACE_GRADS"  # "1": the step trace digests gradients too
-ENV_BOOTSTRAP_ROOT = "ENVKIT_BOOTSTRAP_ROOT"  # set by the bootstrap: pid of the job's first process (main vs children)
-
-DETERMINISM_LEVELS = ("strict", "warn", "seed", "off")
-DEFAULT_DETERMINISM = "strict"
-DEFAULT_THREADS = 1  # a fixed number recorded with the run, never whatever the host has
 CPU_PROFILES = ("native", "portable")
 DEFAULT_CPU_PROFILE = "native"
 DEFAULT_TRACE = "auto"  # the step-trace interval when none is given: tracing stays under 2% of training time
@@ -44,16 +50,23 @@ IMAGE_DETERMINISM_ENV: dict[str, str] = {
 
 # Paths inside the image and the job's container.
 IMAGE_VENV = "/opt/envkit/venv"
+IN_IMAGE_PACKAGE = "envkit_injob"  # envkit/injob/ as it is named in an image's site-packages
 CONTAINER_WORKDIR = "/work"
 CONTAINER_META = "/envkit/meta"
 CONTAINER_OUTPUT = "/envkit/output"
+CONTAINER_TOOLS = "/envkit/tools"  # helper scripts (probe, tensor diff) mounted read-only
 
-# Labels on every envkit image.
+# Labels: on every envkit image, on base images envkit makes, and on the containers of runs.
 LABEL_LOCK_SHA = "io.envkit.lock.sha256"
 LABEL_VERSION = "io.envkit.version"
 LABEL_MANAGED = "io.envkit.managed"
 LABEL_CPU_PROFILE = "io.envkit.cpu-profile"
 LABEL_LOCK_NAME = "io.envkit.lock.name"
+LABEL_BUILD_KEY = "io.envkit.build-key"
+LABEL_BASE_PYTHON = "io.envkit.base.python"
+LABEL_BASE_SOURCE = "io.envkit.base.source"
+LABEL_BASE_PACKAGES = "io.envkit.base.packages-sha256"
+LABEL_RUN = "io.envkit.run"
 
 
 def cache_dir() -> Path:

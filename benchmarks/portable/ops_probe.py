@@ -5,7 +5,7 @@ compare the files with ``ops_compare.py``, which also checks every result agains
 
     python benchmarks/portable/ops_probe.py OUT.pt
 
-With ``ENVKIT_CPU_PROFILE=portable`` in the environment it first installs ``envkit.run.portable_ops``, as the
+With ``ENVKIT_CPU_PROFILE=portable`` in the environment it first installs ``envkit.injob.portable_ops``, as the
 bootstrap does in a portable run.
 
 The inputs come from Python's own Mersenne Twister and exact ``ldexp`` scaling, so they are the same bits on every
@@ -180,7 +180,7 @@ def main(argv: list[str]) -> int:
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     torch.set_num_threads(threads)
     if os.environ.get("ENVKIT_CPU_PROFILE") == "portable":
-        from envkit.run import portable_ops  # the override the bootstrap installs under the portable profile
+        from envkit.injob import portable_ops  # the override the bootstrap installs under the portable profile
 
         portable_ops.install(torch)
     x = inputs()

@@ -5,7 +5,7 @@
 
 ``run`` evaluates sqrt, log, log2, log10, exp, tanh, sin, cos, tan, atan, asin, acos, erf, erfc and erfinv on N float32
 inputs (default 2**20) and N/8 float64 ones, drawn from torch's integer generator and scaled exactly, so the inputs
-are the same bits on every CPU. With ``ENVKIT_CPU_PROFILE=portable`` it first installs ``envkit.run.portable_ops``.
+are the same bits on every CPU. With ``ENVKIT_CPU_PROFILE=portable`` it first installs ``envkit.injob.portable_ops``.
 ``compare`` prints, per function, how many results differ in any bit.
 """
 
@@ -23,7 +23,7 @@ FUNCTIONS = ("sqrt", "log", "log2", "log10", "exp", "tanh", "sin", "cos", "tan",
 def run(out: str, n: int) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if os.environ.get("ENVKIT_CPU_PROFILE") == "portable":
-        from envkit.run import portable_ops
+        from envkit.injob import portable_ops
 
         portable_ops.install(torch)
     gen = torch.Generator().manual_seed(7)

@@ -27,9 +27,9 @@ def base_debian(
     from envkit.engine import connect
     from envkit.image.base import make_base
 
-    client = connect()
+    engine = connect()
     with stage_spinner(enabled=not json_out) as step:
-        result = make_base(client, suite, python, tag=tag, mirror=mirror, step=step)
+        result = make_base(engine, suite, python, tag=tag, mirror=mirror, step=step)
     if json_out:
         print_json({"image_id": result.image_id, "tag": result.tag, "python": result.python,
                     "packages": result.packages, "seconds": round(result.seconds, 1)})

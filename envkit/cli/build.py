@@ -43,18 +43,13 @@ def build_cmd(
 
     from envkit.cli._progress import byte_bars
     from envkit.engine import connect
-    from envkit.image.builder import build_image, push_image
+    from envkit.image.builder import build_and_push
 
-    client = connect()
+    engine = connect()
     show = not json_out and err_console.is_terminal
     with byte_bars(enabled=show) as bar:
-        result = build_image(client, lock, cpu_profile=cpu_profile, no_cache=no_cache, progress=bar,
-                             on_step=(lambda s: err_console.print(s, highlight=False)) if not json_out else None)
-    if push:
-        repo = push.split("@", 1)[0]
-        if ":" in repo.rsplit("/", 1)[-1]:
-            repo, _, _ = repo.rpartition(":")
-        result.repo_digest = push_image(client, result.image_id, repo, result.build_key[:12])
+        result = build_and_push(engine, lock, cpu_profile=cpu_profile, no_cache=no_cache, push=push, progress=bar,
+                                on_step=(lambda s: err_console.print(s, highlight=False)) if not json_out else None)
     if json_out:
         print_json({"image_id": result.image_id, "tag": result.tag, "build_key": result.build_key,
                     "cache_hit": result.cache_hit, "seconds": round(result.seconds, 3),

@@ -22,12 +22,12 @@ def export_cmd(
     from envkit.store.bundle import export_run
     from envkit.store.filestore import FileStore
 
-    client = None
+    engine = None
     if with_image:
         from envkit.engine import connect
 
-        client = connect()
-    manifest = export_run(FileStore(store_dir()), run_id, output, client=client, with_image=with_image)
+        engine = connect()
+    manifest = export_run(FileStore(store_dir()), run_id, output, engine=engine, with_image=with_image)
     if json_out:
         print_json({"bundle": str(output), **manifest})
         return
@@ -47,12 +47,12 @@ def import_cmd(
     from envkit.store.bundle import import_bundle
     from envkit.store.filestore import FileStore
 
-    client = None
+    engine = None
     if _has_image(bundle):
         from envkit.engine import connect
 
-        client = connect()
-    result = import_bundle(FileStore(store_dir()), bundle, client=client)
+        engine = connect()
+    result = import_bundle(FileStore(store_dir()), bundle, engine=engine)
     if json_out:
         print_json(result.__dict__)
         return

@@ -23,12 +23,12 @@ def fingerprint_cmd(
     from envkit.errors import EngineUnavailableError
     from envkit.fingerprint import host_fingerprint
 
-    client = None
+    engine = None
     try:
-        client = connect(timeout=10)
+        engine = connect(timeout=10)
     except EngineUnavailableError as exc:
         err_console.print(f"note: {exc.message}; the engine section is left out", highlight=False)
-    fp = host_fingerprint(client)
+    fp = host_fingerprint(engine)
     if json_out:
         print_json(fp)
     else:

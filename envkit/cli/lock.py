@@ -23,20 +23,11 @@ def lock_cmd(
     with its version, wheel file name, URL and sha256. Resolution is for the target, not this host.
     """
     from envkit.engine import connect
-    from envkit.image.base import inspect_base
-    from envkit.lock.locking import make_lock, spec_sources
-    from envkit.lock.model import write_lockfile
-    from envkit.lock.pipconfig import host_pip_sources
-    from envkit.lock.resolver import UvResolver
-    from envkit.lock.spec import load_spec
+    from envkit.lock.locking import lock_spec
 
     t0 = time.monotonic()
-    spec = load_spec(spec_path)
-    base = inspect_base(connect(), spec.base)
-    sources = spec_sources(spec, host_pip_sources() if spec.pip_config else None)
-    lock = make_lock(spec, UvResolver(), base, sources)
-    path = output or Path("lockfiles") / f"{spec.name}.lock.yaml"
-    write_lockfile(lock, path)
+    result = lock_spec(connect(), spec_path, output)
+    lock, path = result.lock, result.path
     seconds = time.monotonic() - t0
     if json_out:
         print_json({"lockfile": str(path), "content_sha256": lock.content_sha256, "packages": len(lock.packages),

@@ -25,59 +25,40 @@ def replay_cmd(
     Exit codes: 0 IDENTICAL, 3 DIVERGED, 4 FAILED; 40 platform refused (see --force), 41 an input changed.
     """
     from envkit.engine import connect
-    from envkit.errors import JobError
-    from envkit.fingerprint import host_fingerprint
-    from envkit.replay import acquire_image, container_differences, host_differences, replay_job, run_replay
+    from envkit.errors import JobError, PlatformMismatchError
+    from envkit.replay import replay
     from envkit.run.executor import Sink
     from envkit.settings import store_dir
     from envkit.store.filestore import FileStore
 
-    store = FileStore(store_dir())
-    record = store.read(run_id)
-    run_dir = store.run_dir(run_id)
     overrides = {}
     for m in mount or []:
         dst, sep, src = m.partition("=")
         if not sep or not dst.startswith("/"):
             raise JobError(f"--mount {m!r} is not DST=SRC", hint="e.g. --mount /data=./data")
         overrides[dst.rstrip("/")] = Path(src).expanduser().resolve()
-    client = connect()
+    store = FileStore(store_dir())
+    store.read(run_id)  # an unknown run is reported before the engine is asked for anything
 
-    now = host_fingerprint(client)
-    mismatch = _check(host_differences(record, now), force)
-    image_id, notes = acquire_image(client, record, run_dir, rebuild)
-    mismatch = _check(container_differences(client, store, record, image_id, now.get("host") or {}), force) \
-        or mismatch
-    job = replay_job(record, run_dir, image_id, mismatch, overrides)
-    replay, verdict = run_replay(client, store, record, job, sink=Sink(None, None) if json_out else None)
-    if notes:
-        replay.notes += notes
-        store.write(replay)
+    def on_forced(diffs) -> None:
+        err_console.print(render_diffs(diffs), highlight=False)
+        err_console.print("warning: replaying anyway (--force); the replay is marked as on a mismatched platform",
+                          highlight=False)
+
+    try:
+        result = replay(connect(), store, run_id, force=force, rebuild=rebuild, mount_overrides=overrides,
+                        sink=Sink(None, None) if json_out else None, on_forced=on_forced)
+    except PlatformMismatchError as exc:
+        err_console.print(render_diffs(exc.differences), highlight=False)
+        raise
     if json_out:
-        print_json({"run_id": replay.run_id, "replay_of": run_id, "platform_mismatch": mismatch, "notes": notes,
-                    "verdict": verdict.to_dict()})
+        print_json({"run_id": result.run_id, "replay_of": run_id, "platform_mismatch": bool(result.forced),
+                    "notes": result.notes, "verdict": result.verdict.to_dict()})
     else:
-        for note in notes:
+        for note in result.notes:
             err_console.print(f"note: {note}", highlight=False)
-        out_console.print(render_verdict(verdict, run_id, replay.run_id), highlight=False)
-    raise typer.Exit(verdict.exit)
-
-
-def _check(diffs, force: bool) -> bool:
-    """Refuse (or, forced, note) numerics-changing differences; print the table of them."""
-    from envkit.errors import PlatformMismatchError
-
-    bad = [d for d in diffs if d.changes_numerics]
-    if not bad:
-        return False
-    err_console.print(render_diffs(bad), highlight=False)
-    if not force:
-        raise PlatformMismatchError(
-            f"this host differs from the recorded one in {len(bad)} field{'s' if len(bad) > 1 else ''} that "
-            f"change numerics ({', '.join(d.path for d in bad[:3])}{', ...' if len(bad) > 3 else ''})")
-    err_console.print("warning: replaying anyway (--force); the replay is marked as on a mismatched platform",
-                      highlight=False)
-    return True
+        out_console.print(render_verdict(result.verdict, run_id, result.run_id), highlight=False)
+    raise typer.Exit(result.exit_code)
 
 
 def render_diffs(diffs) -> str:

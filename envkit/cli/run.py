@@ -10,14 +10,7 @@ import typer
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json
 from envkit.cli._options import choice
-from envkit.settings import (
-    CPU_PROFILES,
-    DEFAULT_CPU_PROFILE,
-    DEFAULT_DETERMINISM,
-    DEFAULT_THREADS,
-    DEFAULT_TRACE,
-    DETERMINISM_LEVELS,
-)
+from envkit.settings import CPU_PROFILES, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE, DETERMINISM_LEVELS
 
 SEED_MAX = 2**32 - 1
 
@@ -65,34 +58,21 @@ def run_cmd(
     code is the job's.
     """
     from envkit.engine import connect
-    from envkit.run.executor import JobSpec, Mount, Sink, check_script, execute
-    from envkit.run.images import resolve_image
+    from envkit.run.executor import Sink
+    from envkit.run.runner import RunRequest, run
     from envkit.settings import store_dir
     from envkit.store.filestore import FileStore
 
-    project = Path.cwd()
-    rel_script = check_script(project, script)
-    mounts = [Mount.parse(m) for m in mount or []]
-    extra_env = _parse_env(env or [])
-    client = connect()
-    resolved = resolve_image(client, project, lock, image, cpu_profile or DEFAULT_CPU_PROFILE)
-    # An --image already carries its profile's ENV; a different one for the run would be recorded but not in effect.
-    cpu_profile = cpu_profile or resolved.cpu_profile or DEFAULT_CPU_PROFILE
-    if resolved.cpu_profile and resolved.cpu_profile != cpu_profile:
-        raise typer.BadParameter(f"image {image} was built with --cpu-profile {resolved.cpu_profile}",
-                                 param_hint="--cpu-profile")
-    job = JobSpec(
-        project=project, script=rel_script, args=list(args or []), image_id=resolved.id, image_ref=resolved.ref,
-        image_digests=resolved.digests, seed=seed, determinism=determinism, threads=threads, cpu_profile=cpu_profile,
-        gpus=gpus, mounts=mounts, trace=trace, network=network, lock=resolved.lock,
+    request = RunRequest(
+        script=script, args=list(args or []), seed=seed, lock=lock, image=image, determinism=determinism,
+        threads=threads, gpus=gpus, cpu_profile=cpu_profile, mounts=list(mount or []), trace=trace, network=network,
+        env=_parse_env(env or []), memory=memory, project=Path.cwd(),
         command=["envkit", *sys.argv[1:]] if sys.argv and "envkit" in Path(sys.argv[0]).name else [],
-        build_s=resolved.build_s, lock_text=resolved.lock_text, extra_env=extra_env, memory=memory,
     )
-    store = FileStore(store_dir(project))
-    sink = Sink(None, None) if json_out else None
-    record = execute(client, store, job, sink=sink,
-                     on_started=None if json_out else (lambda rid: err_console.print(f"run {rid} started",
-                                                                                        highlight=False)))
+    store = FileStore(store_dir(request.project))
+    record = run(connect(), store, request, sink=Sink(None, None) if json_out else None,
+                 on_started=None if json_out else (lambda rid: err_console.print(f"run {rid} started",
+                                                                                    highlight=False)))
     if json_out:
         print_json(summary(record))
     else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -13,6 +12,7 @@ from envkit.cli import app
 from envkit.cli._console import err_console, print_json
 
 if TYPE_CHECKING:
+    from envkit.store.layout import RunLayout
     from envkit.store.record import RunRecord
 
 _COLUMNS = ("RUN ID", "STATUS", "SEED", "DETERMINISM", "SCRIPT", "EXIT", "DURATION", "IMAGE")
@@ -62,7 +62,7 @@ def show_cmd(
     if json_out:
         print_json(record.to_dict())
     else:
-        typer.echo(render_record(record, store.run_dir(record.run_id)), nl=False)
+        typer.echo(render_record(record, store.layout(record.run_id)), nl=False)
 
 
 def render_runs_table(runs: Iterable[Mapping[str, Any]]) -> str:
@@ -81,7 +81,7 @@ def render_runs_table(runs: Iterable[Mapping[str, Any]]) -> str:
     return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n" for r in rows)
 
 
-def render_record(record: RunRecord, run_dir: Path) -> str:
+def render_record(record: RunRecord, layout: RunLayout) -> str:
     """A readable summary of a run record; `--json` has everything."""
     lines = [f"run {record.run_id}: {record.status}"
              + (f" (exit {record.exit_code})" if record.exit_code is not None else "")]
@@ -116,8 +116,8 @@ def render_record(record: RunRecord, run_dir: Path) -> str:
         lines.append(f"    {entry.path} ({size(entry.size)}, {entry.sha256[:12]})")
     if len(record.outputs) > 20:
         lines.append(f"    ... {len(record.outputs) - 20} more (--json lists all)")
-    row("stdout", run_dir / record.logs.stdout)
-    row("stderr", run_dir / record.logs.stderr)
+    row("stdout", layout.stdout_log)
+    row("stderr", layout.stderr_log)
     host = record.fingerprint.host
     row("host", " ".join(filter(None, [host.get("cpu_model"), host.get("hostname") and f"on {host['hostname']}"])))
     gpus = record.fingerprint.gpus

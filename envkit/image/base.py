@@ -16,21 +16,13 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from envkit.engine import translated
-from envkit.errors import BaseImageError, ImageNotFoundError, SpecError
-from envkit.lock.model import BaseImage
-from envkit.settings import cache_dir
-
-if TYPE_CHECKING:
-    import docker
+from envkit.engine import Engine
+from envkit.errors import BaseImageError, SpecError
+from envkit.settings import LABEL_BASE_PACKAGES, LABEL_BASE_PYTHON, LABEL_BASE_SOURCE, cache_dir
 
 # Debian suites and the python3 they ship: the version is a property of the suite, not a choice.
 SUITE_PYTHON = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
-LABEL_BASE_PYTHON = "io.envkit.base.python"
-LABEL_BASE_SOURCE = "io.envkit.base.source"
-LABEL_BASE_PACKAGES = "io.envkit.base.packages-sha256"
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
 
 
@@ -47,46 +39,8 @@ def default_tag(suite: str, python: str) -> str:
     return f"envkit/base:{suite}-py{python}"
 
 
-def inspect_base(client: docker.DockerClient, ref: str) -> BaseImage:
-    """Pin a local base image: its image ID, Python version and provenance.
-
-    Raises:
-        ImageNotFoundError: the image is not on this engine (nothing is pulled implicitly).
-    """
-    try:
-        with translated("inspecting the base image", image=ref):
-            image = client.images.get(ref)
-    except ImageNotFoundError as exc:
-        raise ImageNotFoundError(
-            f"base image {ref} does not exist on this Docker engine",
-            hint="make one with `envkit base debian bookworm --python 3.11` or `docker pull` it first",
-        ) from exc
-    labels = image.labels or {}
-    python = labels.get(LABEL_BASE_PYTHON) or _probe_python(client, image.id, ref)
-    repo_digests = image.attrs.get("RepoDigests") or []
-    return BaseImage(
-        ref=ref,
-        digest=image.id,
-        python=python,
-        repo_digest=repo_digests[0] if repo_digests else None,
-        source=labels.get(LABEL_BASE_SOURCE),
-    )
-
-
-def _probe_python(client: docker.DockerClient, image_id: str, ref: str) -> str:
-    """A base not made by envkit: ask its python3 for its version (a throwaway container)."""
-    with translated("probing the base image's Python", image=ref):
-        try:
-            out = client.containers.run(image_id, ["python3", "-c", "import platform;print(platform.python_version())"],
-                                        remove=True, network_mode="none", stdout=True, stderr=False)
-        except Exception as exc:  # noqa: BLE001 - any failure means the base has no usable python3
-            raise SpecError(f"base image {ref} has no working python3 ({type(exc).__name__})",
-                            hint="use a base with python3 (e.g. `envkit base debian bookworm --python 3.11`)") from exc
-    return out.decode().strip()
-
-
 def make_base(
-    client: docker.DockerClient,
+    engine: Engine,
     suite: str,
     python: str,
     tag: str | None = None,
@@ -96,7 +50,7 @@ def make_base(
     """debootstrap a minimal Debian with python3, record its packages, and import it as an image.
 
     Args:
-        client: the engine to import into.
+        engine: the engine to import into.
         suite: Debian suite (bookworm, trixie, bullseye).
         python: the Python major.minor the caller expects; must be the suite's.
         tag: image name; default envkit/base:<suite>-py<python>.
@@ -157,11 +111,8 @@ def make_base(
         with tarfile.open(tar_path, "w") as tar:
             tar.add(root, arcname=".", filter=_numeric_owner)
         shutil.rmtree(root, ignore_errors=True)
-        repository, _, version = tag.rpartition(":") if ":" in tag.split("/")[-1] else (tag, "", "latest")
-        with translated("importing the base image"):
-            client.api.import_image_from_file(str(tar_path), repository=repository, tag=version, changes=changes)
-            image = client.images.get(tag)
-    return BaseResult(image_id=image.id, tag=tag, python=full_python, packages=packages,
+        image_id = engine.import_rootfs(tar_path, tag, changes)
+    return BaseResult(image_id=image_id, tag=tag, python=full_python, packages=packages,
                       seconds=time.monotonic() - t0)
 
 

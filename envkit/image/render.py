@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 from envkit import __version__, cpuprofile
 from envkit.lock.model import Lockfile
-from envkit.resources import docker_file, package_file
+from envkit.resources import docker_file, injob_sources
 from envkit.settings import (
     IMAGE_VENV,
+    IN_IMAGE_PACKAGE,
+    LABEL_BUILD_KEY,
     LABEL_CPU_PROFILE,
     LABEL_LOCK_NAME,
     LABEL_LOCK_SHA,
@@ -21,15 +23,8 @@ from envkit.settings import (
     LABEL_VERSION,
 )
 
-LABEL_BUILD_KEY = "io.envkit.build-key"
-
-# Files copied into the venv's site-packages of every image: the seeding bootstrap and its helpers. Sources are
-# envkit's own modules (one copy of the logic for host and image), renamed to top-level modules in the image.
-IN_IMAGE_MODULES = {
-    "envkit_bootstrap.py": "run/bootstrap.py",
-    "envkit_portable.py": "run/portable_ops.py",
-    "envkit_trace.py": "run/trace.py",
-}
+# Files copied into the venv's site-packages of every image: the in-job package (envkit/injob/, as envkit_injob/:
+# one copy of the code for host and image) and the .pth line that activates the bootstrap.
 IN_IMAGE_DOCKER_FILES = ("envkit-bootstrap.pth",)
 
 
@@ -50,12 +45,8 @@ def site_packages(lock: Lockfile) -> str:
 
 
 def in_image_files() -> dict[str, bytes]:
-    """The bootstrap files that go into every image (missing optional modules are skipped)."""
-    files: dict[str, bytes] = {}
-    for target, source in IN_IMAGE_MODULES.items():
-        path = package_file(*source.split("/"))
-        if path is not None:
-            files[target] = path.read_bytes()
+    """The files that go into every image's site-packages, by path relative to it."""
+    files = {f"{IN_IMAGE_PACKAGE}/{name}": data for name, data in injob_sources().items()}
     for name in IN_IMAGE_DOCKER_FILES:
         files[name] = docker_file(name).read_bytes()
     return files

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from envkit.atomic import atomic_output
 from envkit.errors import FetchError, HashMismatchError
 from envkit.hashing import CHUNK, sha256_file
 from envkit.lock.model import PinnedPackage
@@ -53,24 +53,16 @@ def ensure_wheels(packages: tuple[PinnedPackage, ...], root: Path, progress: Pro
 
 def _fetch(pkg: PinnedPackage, dest: Path, progress: Progress | None) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".part-", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            h = hashlib.sha256()
-            for chunk in _read_url(pkg, progress):
-                h.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+    with atomic_output(dest) as out:  # the file enters the cache only whole and with the pinned hash
+        h = hashlib.sha256()
+        for chunk in _read_url(pkg, progress):
+            h.update(chunk)
+            out.write(chunk)
         if h.hexdigest() != pkg.sha256:
             raise HashMismatchError(
                 f"{pkg.filename} from {pkg.url} has sha256 {h.hexdigest()[:16]}..., the lock pins {pkg.sha256[:16]}...",
                 hint="the file at the source changed since the lock was made; re-lock only if you trust the new file",
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_url(pkg: PinnedPackage, progress: Progress | None):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from envkit import __version__
 from envkit.errors import SpecError
 from envkit.lock.model import BaseImage, Lockfile, Platform
@@ -9,6 +13,9 @@ from envkit.lock.pipconfig import merge
 from envkit.lock.resolver import Resolver, Sources, Target
 from envkit.lock.spec import Spec
 from envkit.settings import IMAGE_DETERMINISM_ENV
+
+if TYPE_CHECKING:
+    from envkit.engine import Engine
 
 
 def spec_sources(spec: Spec, host: Sources | None) -> Sources:
@@ -43,3 +50,35 @@ def make_lock(spec: Spec, resolver: Resolver, base: BaseImage, sources: Sources)
         generated_by=f"envkit {__version__}",
     )
     return lock.sealed()
+
+
+@dataclass(frozen=True)
+class LockResult:
+    path: Path
+    lock: Lockfile
+
+
+def lock_spec(engine: Engine, spec_path: Path, output: Path | None = None,
+              resolver: Resolver | None = None) -> LockResult:
+    """The lock workflow: read the spec, pin its base on ``engine``, resolve, write the lockfile atomically.
+
+    Args:
+        output: the lockfile to write; default ``lockfiles/<name>.lock.yaml`` under the current folder.
+        resolver: default :class:`~envkit.lock.resolver.UvResolver`.
+
+    Raises:
+        SpecError, ImageNotFoundError (the base), ResolveError.
+    """
+    from envkit.lock.basepin import inspect_base
+    from envkit.lock.model import write_lockfile
+    from envkit.lock.pipconfig import host_pip_sources
+    from envkit.lock.resolver import UvResolver
+    from envkit.lock.spec import load_spec
+
+    spec = load_spec(spec_path)
+    base = inspect_base(engine, spec.base)
+    sources = spec_sources(spec, host_pip_sources() if spec.pip_config else None)
+    lock = make_lock(spec, resolver or UvResolver(), base, sources)
+    path = output or Path("lockfiles") / f"{spec.name}.lock.yaml"
+    write_lockfile(lock, path)
+    return LockResult(path, lock)

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from envkit.atomic import atomic_write
 from envkit.errors import LockfileError
 from envkit.lock.yamlfile import read_yaml
 
@@ -104,19 +103,9 @@ def dump_lockfile(lock: Lockfile) -> str:
 
 
 def write_lockfile(lock: Lockfile, path: Path) -> None:
-    """Write atomically: a temp file in the same folder, then rename; never a half-written lock."""
+    """Write atomically: never a half-written lock, and the old one intact if the write fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = dump_lockfile(lock)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, dump_lockfile(lock))
 
 
 def load_lockfile(path: Path) -> Lockfile:

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from envkit.errors import SpecError
 from envkit.lock.yamlfile import read_yaml
 

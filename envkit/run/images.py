@@ -5,15 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from envkit.engine import translated
+from envkit.engine import Engine
 from envkit.errors import ImageNotFoundError, LockfileError
-from envkit.settings import LABEL_LOCK_NAME, LABEL_LOCK_SHA
+from envkit.settings import LABEL_CPU_PROFILE, LABEL_LOCK_NAME, LABEL_LOCK_SHA
 from envkit.store.record import LockInfo
-
-if TYPE_CHECKING:
-    import docker
 
 
 @dataclass
@@ -27,7 +23,7 @@ class ResolvedImage:
     lock_text: str | None = None
 
 
-def resolve_image(client: docker.DockerClient, project: Path, lock_path: Path | None, image: str | None,
+def resolve_image(engine: Engine, project: Path, lock_path: Path | None, image: str | None,
                   cpu_profile: str, progress=None) -> ResolvedImage:
     """The image for a run.
 
@@ -49,24 +45,16 @@ def resolve_image(client: docker.DockerClient, project: Path, lock_path: Path | 
 
         lock = load_lockfile(lock_path)
         t0 = time.monotonic()
-        result = build_image(client, lock, cpu_profile=cpu_profile, progress=progress)
-        return ResolvedImage(result.image_id, result.tag, _repo_digests(client, result.image_id),
+        result = build_image(engine, lock, cpu_profile=cpu_profile, progress=progress)
+        return ResolvedImage(result.image_id, result.tag, list(engine.image(result.image_id).repo_digests),
                              LockInfo(path=str(lock_path), sha256=lock.content_sha256, name=lock.name),
                              round(time.monotonic() - t0, 3), cpu_profile, lock_path.read_text(encoding="utf-8"))
     assert image is not None
-    try:
-        with translated("looking up the image", image=image):
-            img = client.images.get(image)
-    except ImageNotFoundError as exc:
+    img = engine.find_image(image)
+    if img is None:
         raise ImageNotFoundError(f"image {image} is not on this Docker engine",
-                                 hint="build it with `envkit build LOCKFILE`, or pull it first") from exc
+                                 hint="build it with `envkit build LOCKFILE`, or pull it first")
     labels = img.labels or {}
     lock = LockInfo(sha256=labels[LABEL_LOCK_SHA], name=labels.get(LABEL_LOCK_NAME)) if LABEL_LOCK_SHA in labels \
         else None
-    return ResolvedImage(img.id, image, sorted(img.attrs.get("RepoDigests") or []), lock, None,
-                         labels.get("io.envkit.cpu-profile"))
-
-
-def _repo_digests(client: docker.DockerClient, image_id: str) -> list[str]:
-    with translated("reading the image's registry digests", image=image_id):
-        return sorted(client.images.get(image_id).attrs.get("RepoDigests") or [])
+    return ResolvedImage(img.id, image, list(img.repo_digests), lock, None, labels.get(LABEL_CPU_PROFILE))

@@ -18,20 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from envkit.engine import translated
 from envkit.errors import BundleError, StoreError
 from envkit.hashing import sha256_file
-from envkit.run.executor import OUTPUT_PREFIX
 from envkit.store.filestore import FileStore, validate_run_id
+from envkit.store.layout import BUNDLE_DIRS, BUNDLE_FILES, CODE_DIR, RECORD, WORK_DIR, output_location
 from envkit.store.record import RunRecord
 
 if TYPE_CHECKING:
-    import docker
+    from envkit.engine import Engine
 
 FORMAT = 1
 MANIFEST = "envkit-bundle.json"
 IMAGE_FILE = "image.tar"
-_RUN_PARTS = ("record.json", "stdout.log", "stderr.log", "lock.yaml", "git.diff", "code", "meta", "output")
+_RUN_PARTS = (*BUNDLE_FILES, *BUNDLE_DIRS)
 
 
 @dataclass
@@ -41,7 +40,7 @@ class ImportResult:
     already_present: bool
 
 
-def export_run(store: FileStore, run_id: str, dest: Path, client: docker.DockerClient | None = None,
+def export_run(store: FileStore, run_id: str, dest: Path, engine: Engine | None = None,
                with_image: bool = False) -> dict[str, Any]:
     """Write the run's bundle to ``dest`` (atomically) and return its manifest.
 
@@ -60,13 +59,14 @@ def export_run(store: FileStore, run_id: str, dest: Path, client: docker.DockerC
             for path in sorted(p for p in src.rglob("*") if p.is_file() or p.is_symlink()):
                 members.append((path, f"run/{part}/{path.relative_to(src).as_posix()}"))
     for entry in record.outputs:  # outputs in the working copy (the rest of work/ is the code snapshot)
-        if not entry.path.startswith(OUTPUT_PREFIX):
-            members.append((run_dir / "work" / entry.path, f"run/work/{entry.path}"))
+        rel, folder = output_location(entry.path)
+        if folder == WORK_DIR:
+            members.append((run_dir / WORK_DIR / rel, f"run/{WORK_DIR}/{rel}"))
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="envkit-export-", dir=dest.parent) as tmp:
         image_info = None
         if with_image:
-            image_info = _save_image(client, record, Path(tmp) / IMAGE_FILE)
+            image_info = _save_image(engine, record, Path(tmp) / IMAGE_FILE)
             files[IMAGE_FILE] = image_info["sha256"]
         for path, arc in members:
             if path.is_file() and not path.is_symlink():
@@ -84,16 +84,14 @@ def export_run(store: FileStore, run_id: str, dest: Path, client: docker.DockerC
     return manifest
 
 
-def _save_image(client: docker.DockerClient | None, record: RunRecord, dest: Path) -> dict[str, Any]:
-    if client is None or not record.image.id:
+def _save_image(engine: Engine | None, record: RunRecord, dest: Path) -> dict[str, Any]:
+    if engine is None or not record.image.id:
         raise BundleError("--with-image needs the Docker engine and a run with a recorded image")
     h = hashlib.sha256()
-    with translated("saving the image", image=record.image.id):
-        image = client.images.get(record.image.id)
-        with dest.open("wb") as out:
-            for chunk in image.save(named=False):
-                h.update(chunk)
-                out.write(chunk)
+    with dest.open("wb") as out:
+        for chunk in engine.save(record.image.id):
+            h.update(chunk)
+            out.write(chunk)
     return {"file": IMAGE_FILE, "id": record.image.id, "sha256": h.hexdigest()}
 
 
@@ -121,7 +119,7 @@ def _check_member(m: tarfile.TarInfo) -> None:
         raise BundleError(f"bundle member {m.name!r} is not part of an envkit bundle")
 
 
-def import_bundle(store: FileStore, bundle: Path, client: docker.DockerClient | None = None) -> ImportResult:
+def import_bundle(store: FileStore, bundle: Path, engine: Engine | None = None) -> ImportResult:
     """Check a bundle completely, then install its run (and load its image).
 
     Raises:
@@ -149,13 +147,13 @@ def import_bundle(store: FileStore, bundle: Path, client: docker.DockerClient | 
             if sha256_file(path) != sha:
                 raise BundleError(f"{arc} in the bundle does not match its recorded sha256 (altered after export)",
                                   hint="get an intact copy of the bundle")
-        record = _read_record(root / "run" / "record.json", run_id)
+        record = _read_record(root / "run" / RECORD, run_id)
         _check_record_files(root / "run", record)
-        loaded = _load_image(client, root / IMAGE_FILE, manifest, record) if (root / IMAGE_FILE).is_file() else None
+        loaded = _load_image(engine, root / IMAGE_FILE, manifest, record) if (root / IMAGE_FILE).is_file() else None
         target = store.runs_dir / run_id
         if target.exists():
             return ImportResult(run_id, loaded, True)
-        (root / "run" / "work").mkdir(exist_ok=True)  # outputs only; the code snapshot is run/code
+        (root / "run" / WORK_DIR).mkdir(exist_ok=True)  # outputs only; the code snapshot is run/code
         os.replace(root / "run", target)
     store.write(store.read(run_id))  # index the imported run
     return ImportResult(run_id, loaded, False)
@@ -185,26 +183,25 @@ def _read_record(path: Path, run_id: str) -> RunRecord:
 def _check_record_files(run: Path, record: RunRecord) -> None:
     """Code and outputs must hash to what the record says, not only to what the bundle's manifest says."""
     for entry in record.code.files:
-        path = run / "code" / entry.path
+        path = run / CODE_DIR / entry.path
         if entry.link is None and (not path.is_file() or sha256_file(path) != entry.sha256):
             raise BundleError(f"code file {entry.path} in the bundle does not match the run record",
                               hint="get an intact copy of the bundle")
     for entry in record.outputs:
-        rel = ("output/" + entry.path[len(OUTPUT_PREFIX):]) if entry.path.startswith(OUTPUT_PREFIX) \
-            else "work/" + entry.path
-        path = run / rel
+        try:
+            rel, folder = output_location(entry.path)
+        except ValueError as exc:
+            raise BundleError(f"the bundle's record names an unsafe output path ({exc})") from exc
+        path = run / folder / rel
         if entry.link is None and (not path.is_file() or sha256_file(path) != entry.sha256):
             raise BundleError(f"output {entry.path} in the bundle does not match the run record",
                               hint="get an intact copy of the bundle")
 
 
-def _load_image(client: docker.DockerClient | None, path: Path, manifest: dict[str, Any],
-                record: RunRecord) -> str:
-    if client is None:
+def _load_image(engine: Engine | None, path: Path, manifest: dict[str, Any], record: RunRecord) -> str:
+    if engine is None:
         raise BundleError("the bundle carries an image; loading it needs the Docker engine")
-    with translated("loading the bundle's image"), path.open("rb") as fh:
-        images = client.images.load(fh)
-    ids = {img.id for img in images}
+    ids = set(engine.load(path))
     if record.image.id not in ids:
         raise BundleError(f"the bundle's image loaded as {', '.join(sorted(i[:19] for i in ids))}, the run used "
                           f"{(record.image.id or '?')[:19]}")

@@ -2,9 +2,9 @@
 
 Layout::
 
-    <root>/runs/<run_id>/record.json     the run record (the truth)
-    <root>/runs/<run_id>/stdout.log ...  files the executor writes beside it (logs, code/ snapshot, outputs/)
+    <root>/runs/<run_id>/                one folder per run; envkit.store.layout names everything in it
     <root>/index.jsonl                   one summary line per record write (a cache, see below)
+    <root>/probes/<key>.json             the in-container software probe, cached per image, CPU and environment
 
 Run ids are validated by a regular expression before they touch a path. A record is written to a temporary file in
 its run folder, fsynced and renamed over ``record.json``, so a reader sees the old record or the new one, never half.
@@ -23,25 +23,24 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
-import tempfile
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from envkit.atomic import atomic_write
 from envkit.errors import EnvkitError, InvalidRunIdError, RunNotFoundError, StoreError
 from envkit.settings import ENV_HOME
+from envkit.store.layout import RECORD, RunLayout
 from envkit.store.record import RUN_ID_RE, RunRecord
 
 RUNS = "runs"
-RECORD = "record.json"
 INDEX = "index.jsonl"
-STDOUT_LOG = "stdout.log"
-STDERR_LOG = "stderr.log"
-CODE_DIR = "code"
-OUTPUTS_DIR = "outputs"
+PROBES = "probes"
 _INDEX_VERSION = "1"
+_PROBE_KEY_RE = re.compile(r"[0-9a-f]{16,64}")
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -146,6 +145,30 @@ class FileStore:
         """The folder of a run (not created). Raises InvalidRunIdError for a malformed id."""
         return self.runs_dir / validate_run_id(run_id)
 
+    def layout(self, run_id: str) -> RunLayout:
+        """Every path of a run's folder (nothing is created). Raises InvalidRunIdError for a malformed id."""
+        return RunLayout(self.run_dir(run_id))
+
+    def read_probe(self, key: str) -> dict[str, Any] | None:
+        """A cached in-container probe result, or None (missing or unreadable: probe again)."""
+        if not _PROBE_KEY_RE.fullmatch(key):
+            raise ValueError(f"malformed probe key {key!r}")
+        try:
+            data = json.loads((self.root / PROBES / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_probe(self, key: str, data: dict[str, Any]) -> None:
+        """Cache a probe result (best effort: a store that cannot hold it only costs a probe next time)."""
+        if not _PROBE_KEY_RE.fullmatch(key):
+            raise ValueError(f"malformed probe key {key!r}")
+        try:
+            (self.root / PROBES).mkdir(parents=True, exist_ok=True)
+            atomic_write(self.root / PROBES / f"{key}.json", json.dumps(data, sort_keys=True), durable=False)
+        except OSError:
+            pass
+
     def create_run(self, now: datetime | None = None) -> str:
         """A new run id with its folder created, unique even among concurrent processes."""
         try:
@@ -173,7 +196,7 @@ class FileStore:
         data = (json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n").encode()
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, data, self.durable)
+            atomic_write(path, data, self.durable)
             st = os.stat(path)
         except OSError as exc:
             raise _write_error(exc, path, self.root) from exc
@@ -305,7 +328,7 @@ class FileStore:
         fresh_ids = {line.split(b"\t", 2)[1].decode() for line in fresh}
         kept = [_index_line(i, *cached[i][:2]) for i in ids if i in cached and i not in fresh_ids]
         try:
-            _atomic_write(self.index_path, b"".join(kept + fresh), durable=False)
+            atomic_write(self.index_path, b"".join(kept + fresh), durable=False)
         except OSError:
             pass
 
@@ -323,31 +346,6 @@ def _key(st: os.stat_result) -> str:
 
 def _index_line(run_id: str, key: str, summary_json: str) -> bytes:
     return f"{_INDEX_VERSION}\t{run_id}\t{key}\t{summary_json}\n".encode()
-
-
-def _atomic_write(path: Path, data: bytes, durable: bool) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, and rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with open(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if durable:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a crash
-        finally:
-            os.close(dir_fd)
 
 
 def _write_error(exc: OSError, path: Path, root: Path) -> StoreError:

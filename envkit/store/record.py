@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from envkit.errors import StoreError
-from envkit.run.snapshot import ManifestEntry
+from envkit.manifest import ManifestEntry
 from envkit.settings import CPU_PROFILES, DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DETERMINISM_LEVELS
+from envkit.store.layout import STDERR_LOG, STDOUT_LOG
 
 SCHEMA_VERSION = 1
 STATUSES = ("running", "succeeded", "failed", "interrupted", "oom")
@@ -69,8 +70,10 @@ class CodeInfo:
 
 @dataclass
 class Logs:
-    stdout: str = "stdout.log"  # relative to the run's folder
-    stderr: str = "stderr.log"
+    """Where the logs are, relative to the run's folder: informational; envkit reads them through RunLayout."""
+
+    stdout: str = STDOUT_LOG
+    stderr: str = STDERR_LOG
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,7 +15,7 @@ from envkit.errors import (
     PlatformError,
 )
 from envkit.image.wheels import cache_path
-from envkit.lock.model import BaseImage, Lockfile, PinnedPackage, load_lockfile, write_lockfile
+from envkit.lock.model import Lockfile, PinnedPackage, load_lockfile, write_lockfile
 
 from .conftest import ROOT, envkit
 

@@ -3,7 +3,7 @@
 ``qemu-x86_64-static -cpu Haswell`` runs this host's own Python as an Intel CPU with AVX2 and no AVX-512, so the two
 runs share every file and differ only in the processor. Under the native profile the weights must differ (else the
 emulator would prove nothing); under the portable profile, with the environment of
-:func:`envkit.cpuprofile.profile_env` and the ops of ``envkit.run.portable_ops`` installed as the bootstrap installs
+:func:`envkit.cpuprofile.profile_env` and the ops of ``envkit.injob.portable_ops`` installed as the bootstrap installs
 them, they must be the same bits, for one thread and for two.
 
 For now the jobs run with the host's Python and environment variables; in CI the same happens inside the image.
@@ -41,7 +41,7 @@ WRAPPER = """\
 import os, runpy, sys
 import torch
 if os.environ.get("ENVKIT_CPU_PROFILE") == "portable":
-    from envkit.run import portable_ops
+    from envkit.injob import portable_ops
     portable_ops.install(torch)
 print("capability", torch.backends.cpu.get_cpu_capability(), flush=True)
 sys.argv = sys.argv[1:]
@@ -105,13 +105,14 @@ def test_native_profile_gives_other_bits_on_another_cpu(tmp_path: Path) -> None:
         "weights, so the emulator does not stand for another CPU here")
 
 
+@pytest.mark.slow  # a million samples per dtype through torch
 def test_portable_sqrt_is_correctly_rounded() -> None:
     # What makes Adam portable: the override's sqrt is the IEEE square root, checked against numpy's (hardware
     # sqrtps/sqrtpd) on a million random float32 and float64 bit patterns, subnormals and the special values included.
     pytest.importorskip("numpy")
     code = """
 import numpy as np, torch
-from envkit.run import portable_ops
+from envkit.injob import portable_ops
 portable_ops.install(torch)
 g = torch.Generator().manual_seed(5)
 bad = 0

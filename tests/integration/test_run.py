@@ -4,12 +4,10 @@ memory kills are recorded, concurrent runs do not clash, and bad input gets one 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 

@@ -12,7 +12,7 @@ import pytest
 
 from envkit.cli import main
 from envkit.errors import BundleError
-from envkit.run.snapshot import manifest
+from envkit.manifest import manifest
 from envkit.store.bundle import MANIFEST, export_run, import_bundle
 from envkit.store.filestore import FileStore
 from envkit.store.record import CodeInfo, RunRecord

@@ -50,9 +50,10 @@ def test_cuda_dry_run_cli_renders_without_engine(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert rc == 0
     assert out.startswith("# envkit image for lock cuda")
-    assert "envkit_bootstrap.py" not in out  # copied as files, not inlined
+    assert "def activate" not in out  # copied as files, not inlined
 
 
 def test_bootstrap_files_go_into_every_image(lock):
     files = plan_build(lock).site_files
-    assert "envkit-bootstrap.pth" in files and "envkit_bootstrap.py" in files
+    assert "envkit-bootstrap.pth" in files and "envkit_injob/bootstrap.py" in files
+    assert "envkit_injob/trace.py" in files and "envkit_injob/portable_ops.py" in files

@@ -15,7 +15,7 @@ import pytest
 
 from envkit.cli import main
 from envkit.errors import InvalidRunIdError, RunNotFoundError, StoreError
-from envkit.run.snapshot import ManifestEntry
+from envkit.manifest import ManifestEntry
 from envkit.store.filestore import FileStore, new_run_id, validate_run_id
 from envkit.store.record import SCHEMA_VERSION, RunRecord, Timings
 

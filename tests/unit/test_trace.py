@@ -1,7 +1,7 @@
 """Step traces and envkit diff: real training jobs under the real bootstrap, traced, compared.
 
-The jobs run with a venv's python whose site-packages hold the bootstrap (as ``envkit_bootstrap.py`` with its
-``.pth``) and this trace module as ``envkit_trace.py``, exactly as an image has them; the environment is what
+The jobs run with a venv's python whose site-packages hold the in-job package (``envkit_injob``, the trace module
+included) and its ``.pth``, exactly as an image has them; the environment is what
 ``envkit run --trace N`` gives the container.
 """
 
@@ -31,8 +31,8 @@ from envkit.diff import (
     render_diff,
 )
 from envkit.errors import TraceError
-from envkit.run import trace
-from envkit.run.snapshot import manifest
+from envkit.injob import trace
+from envkit.manifest import manifest
 from envkit.store.filestore import FileStore
 from envkit.store.record import ImageInfo, RunRecord
 from tests.unit.bootstrap.conftest import install_bootstrap
@@ -49,8 +49,7 @@ def python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     py = venv / "bin" / "python"
     purelib = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   check=True, capture_output=True, text=True).stdout.strip())
-    install_bootstrap(purelib)
-    shutil.copyfile(REPO / "envkit" / "run" / "trace.py", purelib / "envkit_trace.py")  # as the image build does
+    install_bootstrap(purelib)  # the in-job package, trace included, as the image build installs it
     return py
 
 
@@ -104,6 +103,7 @@ def records(job: Job) -> list[dict]:
     return [json.loads(line) for line in (job.meta / "trace.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_the_trace_names_parameters_as_state_dict_does_and_records_init_every_step_and_the_end(jobs):
     lines = records(jobs["poisoned1"])
     header, layout, steps = lines[0], lines[1], lines[2:]
@@ -119,10 +119,11 @@ def test_the_trace_names_parameters_as_state_dict_does_and_records_init_every_st
     assert len({s["params"]["head.weight"] for s in steps[:-1]}) == 21  # every update changes the digest
     # The bootstrap names the extension it installed in its report, and only the main process wrote a trace.
     reports = [json.loads(p.read_text()) for p in jobs["poisoned1"].meta.glob("bootstrap-*.json")]
-    assert [r["extensions"] for r in reports] == [["envkit_trace"]]
+    assert [r["extensions"] for r in reports] == [["trace"]]
     assert sorted(p.name for p in jobs["poisoned1"].meta.glob("trace*")) == ["trace.jsonl"]
 
 
+@pytest.mark.slow
 def test_the_diff_names_the_poisoned_step_and_parameter(jobs):
     a, b = jobs["poisoned1"], jobs["poisoned2"]
     d = first_divergence(a.meta / "trace.jsonl", b.meta / "trace.jsonl")
@@ -137,6 +138,7 @@ def test_the_diff_names_the_poisoned_step_and_parameter(jobs):
     assert verdict["message"] == "training diverged at step 7 (parameters: head.weight)"
 
 
+@pytest.mark.slow
 def test_runs_with_different_seeds_diverge_at_initialisation(jobs):
     t = compare_traces(jobs["poisoned1"].folder, jobs["other_seed"].folder)
     d = t.divergence
@@ -146,6 +148,7 @@ def test_runs_with_different_seeds_diverge_at_initialisation(jobs):
     assert t.final_equal is False
 
 
+@pytest.mark.slow
 def test_equal_training_with_a_differently_written_file_is_reported_as_such(jobs, tmp_path):
     a, b = jobs["stamped1"], jobs["stamped2"]
     t = compare_traces(a.folder, b.folder)
@@ -187,6 +190,7 @@ def stored(store: FileStore, job: Job, seed: int, traced: bool = True, **fields)
     return run_id
 
 
+@pytest.mark.slow
 def test_envkit_diff_prints_the_step_parameter_and_what_differs(jobs, store, capsys):
     a = stored(store, jobs["poisoned1"], 5)
     b = stored(store, jobs["other_seed"], 6, replay_of=a, environment={"OMP_NUM_THREADS": "2"})
@@ -209,6 +213,7 @@ def test_envkit_diff_prints_the_step_parameter_and_what_differs(jobs, store, cap
     assert {d["name"] for d in data["differences"]} >= {"seed", "OMP_NUM_THREADS"}
 
 
+@pytest.mark.slow
 def test_envkit_diff_without_traces_still_lists_the_differences(jobs, store, capsys):
     a = stored(store, jobs["stamped1"], 5, traced=False, threads=1)
     b = stored(store, jobs["stamped1"], 5, traced=False, threads=4)
@@ -227,6 +232,7 @@ def test_envkit_diff_rejects_bad_and_unknown_run_ids(store, capsys, args, code):
     assert err.startswith("error: ") and "hint: " in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_each_torchrun_rank_writes_its_own_trace_and_data_parallel_ranks_agree(python, tmp_path):
     meta = tmp_path / "meta"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENVKIT_") and k not in ("RANK", "PYTHONHASHSEED")}
@@ -320,14 +326,5 @@ def test_trace_file_names_and_intervals():
             trace.parse_interval(bad)
 
 
-def test_the_in_image_module_repeats_the_settings_names():
-    assert (trace.ENV_TRACE, trace.ENV_TRACE_FILE, trace.ENV_TRACE_GRADS, trace.ENV_REPORT_DIR) == (
-        settings.ENV_TRACE, settings.ENV_TRACE_FILE, settings.ENV_TRACE_GRADS, settings.ENV_REPORT_DIR)
+def test_the_auto_interval_is_the_default_trace_setting():
     assert trace.AUTO == settings.DEFAULT_TRACE
-    # Copied into images on its own: it must load with the standard library alone (-S: no site-packages at all).
-    load = ("import importlib.util as u, sys; s = u.spec_from_file_location('envkit_trace', sys.argv[1]); "
-            "m = u.module_from_spec(s); s.loader.exec_module(m); print(sorted(k for k in sys.modules if "
-            "k.split('.')[0] in ('envkit', 'torch', 'numpy')))")
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", load, str(REPO / "envkit" / "run" / "trace.py")],
-                         capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from envkit.errors import HashMismatchError, FetchError
+from envkit.errors import FetchError, HashMismatchError
 from envkit.image.wheels import cache_path, ensure_wheels
 from envkit.lock.model import PinnedPackage
 

@@ -1,15 +1,14 @@
 """Run real job scripts under the seeding bootstrap, installed in a venv the way the image installs it.
 
-Once per session a venv with ``--system-site-packages`` (so it sees the host's numpy and torch) gets
-``envkit/run/bootstrap.py`` as ``envkit_bootstrap.py`` and ``docker/envkit-bootstrap.pth`` in its site-packages,
-byte-compiled, as in the image. Jobs run with that venv's python and the environment ``envkit run`` sets.
+Once per session a venv with ``--system-site-packages`` (so it sees the host's numpy and torch) gets the in-job
+package as ``envkit_injob`` and ``docker/envkit-bootstrap.pth`` in its site-packages, byte-compiled: the very files
+the image build copies (``envkit.image.render.in_image_files``). Jobs run with that venv's python and the environment ``envkit run`` sets.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -19,8 +18,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 JOBS = Path(__file__).with_name("jobs")
-BOOTSTRAP = REPO / "envkit" / "run" / "bootstrap.py"
-PTH = REPO / "docker" / "envkit-bootstrap.pth"
 
 # Variables the host may carry that would change what the job sees; the runner sets what it needs.
 _SCRUB = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RANK", "LOCAL_RANK",
@@ -28,11 +25,14 @@ _SCRUB = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_
 
 
 def install_bootstrap(site_packages: Path) -> None:
-    """Put the bootstrap into a site-packages folder exactly as the image build does."""
-    shutil.copyfile(BOOTSTRAP, site_packages / "envkit_bootstrap.py")
-    shutil.copyfile(PTH, site_packages / "envkit-bootstrap.pth")
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(site_packages / "envkit_bootstrap.py")],
-                   check=True)
+    """Put the in-job package and its .pth into a site-packages folder exactly as the image build does."""
+    from envkit.image.render import in_image_files
+    from envkit.settings import IN_IMAGE_PACKAGE
+
+    for name, data in in_image_files().items():
+        (site_packages / name).parent.mkdir(parents=True, exist_ok=True)
+        (site_packages / name).write_bytes(data)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(site_packages / IN_IMAGE_PACKAGE)], check=True)
 
 
 @dataclass

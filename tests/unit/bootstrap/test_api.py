@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from envkit import settings
-from envkit.run import bootstrap
+from envkit.injob import bootstrap, libraries, seeds, state
 
 PTH = Path(__file__).resolve().parents[3] / "docker" / "envkit-bootstrap.pth"
 
@@ -74,7 +73,7 @@ TORCH_MESSAGE = (
 
 
 def test_strict_error_line_names_the_op_and_suggests_warn():
-    line = bootstrap.nondeterministic_op_line(RuntimeError(TORCH_MESSAGE))
+    line = libraries.nondeterministic_op_line(RuntimeError(TORCH_MESSAGE))
     assert line == ("envkit: error: index_add_cuda_ has no deterministic implementation and the determinism level is "
                     "strict; rerun with `--determinism warn` to let it run with a warning")
     assert "\n" not in line
@@ -84,43 +83,30 @@ def test_strict_error_line_sees_through_workers_and_causes():
     # A DataLoader worker's error comes back as a new RuntimeError whose text holds the worker's traceback.
     wrapped = RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback (most recent "
                            f"call last):\n  File \"x.py\", line 1\nRuntimeError: {TORCH_MESSAGE}\n")
-    assert "index_add_cuda_ has no deterministic" in bootstrap.nondeterministic_op_line(wrapped)
+    assert "index_add_cuda_ has no deterministic" in libraries.nondeterministic_op_line(wrapped)
     try:
         try:
             raise RuntimeError(TORCH_MESSAGE)
         except RuntimeError as inner:
             raise ValueError("while training") from inner
     except ValueError as outer:
-        assert "index_add_cuda_" in bootstrap.nondeterministic_op_line(outer, in_run=False)
-    assert bootstrap.nondeterministic_op_line(RuntimeError("CUDA out of memory")) is None
+        assert "index_add_cuda_" in libraries.nondeterministic_op_line(outer, in_run=False)
+    assert libraries.nondeterministic_op_line(RuntimeError("CUDA out of memory")) is None
 
 
 def test_derived_seeds_are_stable_64_bit_and_distinct():
-    seeds = {bootstrap.derive_seed(42, "main", kind, n) for kind in ("a", "b") for n in range(100)}
-    assert len(seeds) == 200 and all(0 <= s < 2**64 for s in seeds)
-    assert bootstrap.derive_seed(42, "ab") != bootstrap.derive_seed(42, "a", "b")
-    assert bootstrap.derive_seed(2**70, None) == bootstrap.derive_seed(2**70, None)
+    derived = {seeds.derive_seed(42, "main", kind, n) for kind in ("a", "b") for n in range(100)}
+    assert len(derived) == 200 and all(0 <= s < 2**64 for s in derived)
+    assert seeds.derive_seed(42, "ab") != seeds.derive_seed(42, "a", "b")
+    assert seeds.derive_seed(2**70, None) == seeds.derive_seed(2**70, None)
 
 
 def test_report_writer_emits_json():
     value = {"a": None, "b": [True, False, 1, 2.5, "é\"\n"], "c": {"x": "y"}, "d": (1, 2), "e": float("nan")}
-    assert json.loads(bootstrap._dumps(value)) == {**value, "d": [1, 2], "e": None}
-
-
-def test_names_match_settings():
-    assert bootstrap.ENV_SEED == settings.ENV_SEED
-    assert bootstrap.ENV_DETERMINISM == settings.ENV_DETERMINISM
-    assert bootstrap.ENV_THREADS == settings.ENV_THREADS
-    assert bootstrap.ENV_REPORT_DIR == settings.ENV_REPORT_DIR
-    assert bootstrap.ENV_TRACE == settings.ENV_TRACE
-    assert bootstrap.ENV_CPU_PROFILE == settings.ENV_CPU_PROFILE
-    assert bootstrap.ENV_BOOTSTRAP_ROOT == settings.ENV_BOOTSTRAP_ROOT
-    assert bootstrap.DETERMINISM_LEVELS == settings.DETERMINISM_LEVELS
-    assert bootstrap.DEFAULT_DETERMINISM == settings.DEFAULT_DETERMINISM
-    assert bootstrap.DEFAULT_THREADS == settings.DEFAULT_THREADS
+    assert json.loads(state.dumps(value)) == {**value, "d": [1, 2], "e": None}
 
 
 def test_pth_is_one_import_line_that_waits_for_the_seed():
     lines = PTH.read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("import ")  # site.py executes only lines starting with import
-    assert "'ENVKIT_SEED' in os.environ and" in lines[0] and "envkit_bootstrap" in lines[0]
+    assert "'ENVKIT_SEED' in os.environ and" in lines[0] and "envkit_injob.bootstrap" in lines[0]

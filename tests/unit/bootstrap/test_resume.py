@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytestmark = pytest.mark.slow  # spawns torch processes
+
 
 def test_resume_from_checkpoint_is_bit_identical(runner, tmp_path):
     checkpoint = str(tmp_path / "half.pt")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+pytestmark = pytest.mark.slow  # spawns torch processes
+
 
 def test_two_rank_training_repeats_and_workers_differ_per_rank(runner):
     specs = []

@@ -1,8 +1,7 @@
 """Step traces: a cheap digest of every parameter every N optimizer steps, so two runs can be told apart by step.
 
-How it gets in. The image build copies this file into the venv as ``envkit_trace.py``; the seeding bootstrap calls
-:func:`install` right after torch is seeded when ``ENVKIT_TRACE`` is set and not ``0``. On a host,
-``envkit.run.trace.install(torch)`` does the same. No change to the job's script: the hooks are torch's global
+How it gets in. The seeding bootstrap (:mod:`.libraries`) calls :func:`install` right after torch is seeded when
+``ENVKIT_TRACE`` is set and not ``0``; on a host, ``envkit.injob.trace.install(torch)`` does the same. No change to the job's script: the hooks are torch's global
 optimizer step hooks, which every ``torch.optim`` optimizer (and every subclass) runs.
 
 What it records (``ENVKIT_TRACE``):
@@ -40,7 +39,8 @@ write nothing. Lines::
 spent tracing that optimizer (the final record's own digests excluded). Each line is one ``write`` on an
 ``O_APPEND`` file, so a killed job leaves whole lines (at most the last one cut).
 
-Self-contained: only the standard library, and torch through the argument of :func:`install`.
+Only the standard library (and :mod:`.state` for the variable names), and torch through the argument of
+:func:`install`.
 """
 
 import ctypes
@@ -51,17 +51,14 @@ import time
 import weakref
 import zlib
 
+from .state import ENV_REPORT_DIR, ENV_TRACE, ENV_TRACE_FILE, ENV_TRACE_GRADS
+
 FORMAT_VERSION = 1
 DIGEST = "crc32"
 AUTO = "auto"
 AUTO_BUDGET = 0.01  # auto: the share of training time tracing may take (the promise is 2%; this leaves headroom)
 DEFAULT_FILE_NAME = "trace.jsonl"
 
-# These repeat envkit.settings (this file cannot import envkit); a unit test keeps them equal.
-ENV_TRACE = "ENVKIT_TRACE"
-ENV_TRACE_FILE = "ENVKIT_TRACE_FILE"
-ENV_TRACE_GRADS = "ENVKIT_TRACE_GRADS"
-ENV_REPORT_DIR = "ENVKIT_REPORT_DIR"
 
 
 class _Config:
@@ -127,7 +124,7 @@ def install(torch, interval=None, path=None, grads=None):
     """
     global _config, _torch, _out, _next_index, _generation
     if getattr(torch, "_envkit_trace", None) is not None:
-        return  # installed already (by the in-image copy or the package copy of this module)
+        return  # installed already (by the in-image copy or the host copy of this package)
     env = os.environ
     interval = parse_interval(env.get(ENV_TRACE, "") if interval is None else interval)
     if path is None:

@@ -28,8 +28,8 @@ Integer inputs are promoted as the stock kernels promote them; complex inputs an
 (they do not go through the affected code). The stock kernel is fetched with
 ``torch._C._dispatch_get_computed_kernel_for_dispatch_key`` before it is replaced, so other dtypes still reach it.
 
-This file is copied into images as the top-level module ``envkit_portable`` and is imported by the bootstrap; it
-imports only the standard library at module level and is handed ``torch`` by :func:`install`.
+Part of the in-job package (``envkit_injob.portable_ops`` in images), installed by the bootstrap under the portable
+profile; it imports only the standard library at module level and is handed ``torch`` by :func:`install`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,224 @@
+"""The bootstrap's state of this process, its settings from the environment, and its per-process report.
+
+The names of the ``ENVKIT_*`` variables a job sees are defined here, once: the host side (``envkit.settings``)
+imports them from this module, since the in-job package may import nothing of envkit.
+
+The report: one JSON file per process, ``$ENVKIT_REPORT_DIR/bootstrap-<pid>.json``, written at activation and
+rewritten (temp file + ``os.replace``) whenever a library gets seeded or the process becomes a worker, so a fork
+worker that leaves through ``os._exit`` still leaves one. Flat: each value is a scalar, a list of strings or a
+mapping of names to scalars. ``null`` where a field does not apply or torch is not loaded.
+
+=========================  ===========================================================================================
+schema_version             1
+pid, ppid                  ints
+role                       ``main``, ``subprocess``, ``spawn child``, ``fork child``, ``rank N``,
+                           ``dataloader worker K``, ``dataloader worker K of rank N``, ``pool worker``,
+                           ``executor worker``
+rank, worker_id            torch.distributed rank (``RANK``), DataLoader worker id
+seed                       the run's seed (``ENVKIT_SEED``)
+process_seed               the seed the global generators of this process got last (a derived one in workers)
+determinism                ``strict`` | ``warn`` | ``seed`` | ``off``
+derived_seeds              whether unseeded ``default_rng()`` / ``Random()`` get derived seeds
+stream                     the key derived seeds are drawn under, e.g. ``main``, ``rank/1``, ``pool/3/7``
+derived_counts             mapping: generator kind -> how many derived seeds were handed out so far
+hashseed, hashseed_ok      ``PYTHONHASHSEED`` in effect (``random`` when unset or ignored); whether it is the seed
+threads                    the pinned thread count, or null
+thread_env                 mapping: OMP_NUM_THREADS, MKL_NUM_THREADS, OPENBLAS_NUM_THREADS -> value in effect
+cublas_workspace_config    ``CUBLAS_WORKSPACE_CONFIG`` in effect
+libraries                  mapping: seeded library -> version (``torch.cuda``: CUDA version, seeded lazily)
+torch_version, torch_git_version, torch_cuda_version, cudnn_version, cpu_capability
+torch_num_threads, torch_num_interop_threads
+deterministic_algorithms, deterministic_warn_only, cudnn_deterministic, cudnn_benchmark, cudnn_allow_tf32
+cuda_matmul_allow_tf32, float32_matmul_precision, cuda_initialized (read without initialising CUDA)
+extensions                 in-job modules installed after torch was seeded (``trace``, ``portable_ops``)
+warnings, errors           one-line messages (errors: the strict-mode line if an op stopped the process)
+python_version             e.g. ``3.11.7``
+=========================  ===========================================================================================
+
+Only ``os`` and ``sys`` are imported: this module loads at every interpreter start-up of a job.
+"""
+
+import os
+import sys
+
+SCHEMA_VERSION = 1
+
+# --- the variables envkit sets inside the job's container ------------------------------------------------------------
+ENV_SEED = "ENVKIT_SEED"
+ENV_DETERMINISM = "ENVKIT_DETERMINISM"  # strict | warn | seed | off
+ENV_THREADS = "ENVKIT_THREADS"
+ENV_REPORT_DIR = "ENVKIT_REPORT_DIR"  # where each process writes its JSON report
+ENV_OUTPUT_DIR = "ENVKIT_OUTPUT_DIR"  # everything under it is an output of the run
+ENV_RUN_ID = "ENVKIT_RUN_ID"
+ENV_CPU_PROFILE = "ENVKIT_CPU_PROFILE"  # native | portable
+ENV_TRACE = "ENVKIT_TRACE"  # step-trace interval: N steps, auto, 0 = off
+ENV_TRACE_FILE = "ENVKIT_TRACE_FILE"  # the trace file of the job's first tracing process (others: trace.rankR...)
+ENV_TRACE_GRADS = "ENVKIT_TRACE_GRADS"  # "1": the step trace digests gradients too
+ENV_BOOTSTRAP_ROOT = "ENVKIT_BOOTSTRAP_ROOT"  # set by the bootstrap: pid of the job's first process (main vs children)
+
+DETERMINISM_LEVELS = ("strict", "warn", "seed", "off")
+DEFAULT_DETERMINISM = "strict"
+DEFAULT_THREADS = 1
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+class BootstrapError(ValueError):
+    """A bad seed, level, thread count or RNG state given to the bootstrap."""
+
+
+class State:
+    """Everything the bootstrap knows about this process (one instance, :data:`S`)."""
+
+    def __init__(self):
+        self.active = False
+        self.in_run = False  # activated from the environment of an envkit run, not by seed_everything()
+        self.seed = 0
+        self.level = "off"
+        self.threads = None
+        self.derive = False
+        self.process_seed = 0
+        self.stream = ("main",)
+        self.counters = {}
+        self.report_dir = None
+        self.report = {}
+        self.hooks_installed = False
+        self.extensions_done = False
+        self.fork_seed = 0  # drawn in the parent just before each fork, for the child's random
+        self.executors = 0  # ProcessPoolExecutors created so far (their tasks are numbered per executor)
+
+
+S = State()
+
+
+# --- validation ------------------------------------------------------------------------------------------------------
+def parse_seed(value, name="seed"):
+    try:
+        seed = int(str(value).strip(), 10)
+    except ValueError:
+        raise BootstrapError(f"{name}={value!r} is not an integer; give a seed with 0 <= seed < 2**32") from None
+    if not 0 <= seed < 2**32:
+        raise BootstrapError(f"{name}={value!r} is out of range; give a seed with 0 <= seed < 2**32")
+    return seed
+
+
+def parse_level(value, name="determinism"):
+    level = str(value).strip().lower()
+    if level not in DETERMINISM_LEVELS:
+        raise BootstrapError(f"{name}={value!r} is not one of {', '.join(DETERMINISM_LEVELS)}")
+    return level
+
+
+def parse_threads(value, name="threads"):
+    try:
+        threads = int(str(value).strip(), 10)
+    except ValueError:
+        raise BootstrapError(f"{name}={value!r} is not an integer; give a thread count >= 1") from None
+    if threads < 1:
+        raise BootstrapError(f"{name}={value!r} is out of range; give a thread count >= 1")
+    return threads
+
+
+# --- the report ------------------------------------------------------------------------------------------------------
+def new_report(role, rank):
+    return {
+        "schema_version": SCHEMA_VERSION, "pid": os.getpid(), "ppid": os.getppid(), "role": role,
+        "rank": rank, "worker_id": None, "seed": None, "process_seed": None, "determinism": None,
+        "derived_seeds": None, "stream": None, "derived_counts": {}, "hashseed": None, "hashseed_ok": None,
+        "threads": None, "thread_env": {}, "cublas_workspace_config": None, "libraries": {},
+        "torch_version": None, "torch_git_version": None, "torch_cuda_version": None, "cudnn_version": None,
+        "cpu_capability": None, "torch_num_threads": None, "torch_num_interop_threads": None,
+        "deterministic_algorithms": None, "deterministic_warn_only": None, "cudnn_deterministic": None,
+        "cudnn_benchmark": None, "cudnn_allow_tf32": None, "cuda_matmul_allow_tf32": None,
+        "float32_matmul_precision": None, "cuda_initialized": None, "extensions": [], "warnings": [], "errors": [],
+        "python_version": sys.version.split()[0],
+    }
+
+
+def sync_report():
+    """Copy the seeding state and torch's flags in effect into the report."""
+    r = S.report
+    r["process_seed"] = S.process_seed
+    r["stream"] = "/".join(str(part) for part in S.stream)
+    r["derived_counts"] = dict(S.counters)
+    torch = sys.modules.get("torch")
+    if torch is None or not getattr(torch, "_envkit_patched", False):
+        return
+    try:
+        r.update(
+            torch_version=torch.__version__, torch_git_version=torch.version.git_version,
+            torch_cuda_version=torch.version.cuda, cpu_capability=torch.backends.cpu.get_cpu_capability(),
+            torch_num_threads=torch.get_num_threads(), torch_num_interop_threads=torch.get_num_interop_threads(),
+            deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
+            deterministic_warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
+            cudnn_deterministic=bool(torch.backends.cudnn.deterministic),
+            cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
+            cudnn_allow_tf32=bool(torch.backends.cudnn.allow_tf32),
+            cuda_matmul_allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32),
+            float32_matmul_precision=torch.get_float32_matmul_precision(),
+            cuda_initialized=torch.cuda.is_initialized(),  # a plain flag: reading it does not initialise CUDA
+        )
+        if r["cudnn_version"] is None and torch.backends.cudnn.is_available():
+            r["cudnn_version"] = torch.backends.cudnn.version()
+    except Exception as exc:  # noqa: BLE001 - the report is best effort; seeding already happened
+        warn(f"could not read torch's settings for the report ({type(exc).__name__}: {exc})")
+
+
+def write_report():
+    directory = S.report_dir
+    if not directory:
+        return
+    path = os.path.join(directory, f"bootstrap-{os.getpid()}.json")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(dumps(S.report) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        S.report_dir = None  # say it once, then stop trying
+        warn(f"cannot write the bootstrap report to {directory} ({exc.strerror or exc})")
+
+
+def dumps(value):
+    """JSON for the report's plain values. Not the json module: importing it (and re) costs ~8 ms per process."""
+    from _json import encode_basestring_ascii as quote
+
+    if value is None or value is True or value is False:
+        return "null" if value is None else ("true" if value else "false")
+    if isinstance(value, (int, float)):
+        return repr(value) if value == value and value not in (float("inf"), float("-inf")) else "null"
+    if isinstance(value, dict):
+        items = (f"{quote(str(key))}: {dumps(value[key])}" for key in sorted(value, key=str))
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(dumps(item) for item in value) + "]"
+    return quote(str(value))
+
+
+def is_main():
+    # Children inherit the environment, so a warning about it is printed once, by the job's first process.
+    return S.report.get("role") == "main"
+
+
+def warn(message, stderr=True):
+    warnings = S.report.setdefault("warnings", [])
+    if message in warnings:
+        return
+    warnings.append(message)
+    if stderr:
+        sys.stderr.write(f"envkit: warning: {message}\n")
+
+
+def env_rank():
+    value = os.environ.get("RANK", "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def current_rank():
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    except Exception:  # noqa: BLE001 - a half-torn-down process group: fall back to the environment
+        pass
+    return env_rank()

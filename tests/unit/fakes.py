@@ -1,0 +1,221 @@
+"""An in-memory :class:`envkit.engine.Engine` for unit tests: images, registries and containers without a daemon.
+
+A container's job is a Python function ``job(ctx) -> Outcome`` registered per image: ``ctx`` gives the container's
+spec, its environment and the host folder behind each mount target, so a job reads its inputs and writes its outputs
+on the host exactly where the real container would. ``stop()`` (what Ctrl-C does) marks the container stopped; a
+job can look at ``ctx.stopped``. Helper scripts (``probe.py``, ``tensordiff.py``) get canned answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from envkit.engine.base import BuildEvents, Container, ContainerExit, ContainerSpec, Engine, Image, Output
+from envkit.errors import BuildError, ImageNotFoundError, JobError, RegistryError
+
+PROBE = {"schema_version": 1, "python": {"version": "3.11.2", "implementation": "CPython"},
+         "torch": {"available": False, "reason": "not installed"}, "threads": {"torch": None}, "env": {},
+         "errors": {}}
+
+
+@dataclass
+class Outcome:
+    exit_code: int = 0
+    stdout: bytes = b""
+    stderr: bytes = b""
+    oom: bool = False
+
+
+@dataclass
+class JobContext:
+    spec: ContainerSpec
+    stopped: threading.Event
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.spec.env
+
+    def path(self, target: str) -> Path:
+        """The host path mounted at ``target`` (or below it)."""
+        for m in sorted(self.spec.mounts, key=lambda m: -len(m.target)):
+            if target == m.target or target.startswith(m.target + "/"):
+                return Path(m.source) / target[len(m.target):].lstrip("/")
+        raise KeyError(target)
+
+
+Job = Callable[[JobContext], Outcome]
+
+
+def image_id(name: str) -> str:
+    return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+
+
+@dataclass
+class FakeEngine(Engine):
+    """Images by ID, registries by name (``up`` or not), jobs by image ID; every call is logged in ``calls``."""
+
+    arch: str = "x86_64"
+    images: dict[str, Image] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    registries: dict[str, dict[str, str]] = field(default_factory=dict)  # registry host -> {digest ref: image id}
+    down: set[str] = field(default_factory=set)  # registry hosts that do not answer
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    build_result: str | None = None  # the image ID a build gives (None: derived from the context)
+    build_error: str | None = None
+    create_error: str | None = None
+    start_error: str | None = None
+    probe: dict[str, Any] = field(default_factory=lambda: dict(PROBE))
+
+    name = "fake"
+
+    def add_image(self, name: str, job: Job | None = None, labels: dict[str, str] | None = None,
+                  repo_digests: tuple[str, ...] = ()) -> str:
+        iid = image_id(name)
+        self.images[iid] = Image(id=iid, repo_digests=repo_digests, tags=(name,), labels=dict(labels or {}))
+        if job is not None:
+            self.jobs[iid] = job
+        return iid
+
+    # --- Engine ------------------------------------------------------------------------------------------------------
+    def facts(self) -> dict[str, Any]:
+        self.calls.append(("facts", None))
+        return {"version": "fake-1.0", "api_version": "1.41", "storage_driver": "memory", "os": "fake",
+                "arch": self.arch, "kernel": "0", "runtimes": ["runc"], "default_runtime": "runc"}
+
+    def image(self, ref: str) -> Image:
+        self.calls.append(("image", ref))
+        for img in self.images.values():
+            if ref == img.id or ref in img.tags or ref in img.repo_digests:
+                return img
+        raise ImageNotFoundError(f"image {ref} not found")
+
+    def images_labelled(self, label: str, value: str) -> list[Image]:
+        self.calls.append(("images_labelled", (label, value)))
+        return [img for img in self.images.values() if img.labels.get(label) == value]
+
+    def build(self, context: Path, tag: str, on_event: BuildEvents | None = None, no_cache: bool = False) -> str:
+        self.calls.append(("build", tag))
+        dockerfile = (Path(context) / "Dockerfile").read_text()
+        if on_event is not None:
+            on_event({"stream": "Step 1/2 : FROM base\n"})
+            on_event({"stream": "Step 2/2 : RUN install\n"})
+        if self.build_error:
+            raise BuildError(self.build_error)
+        iid = self.build_result or image_id(dockerfile)
+        labels = {}
+        for line in dockerfile.splitlines():
+            if '"io.envkit.build-key"=' in line:
+                labels["io.envkit.build-key"] = json.loads(line.split("=", 1)[1].rstrip(" \\"))
+        self.images[iid] = Image(id=iid, tags=(tag,), labels=labels)
+        return iid
+
+    def load(self, tar: Path) -> list[str]:
+        self.calls.append(("load", tar))
+        return []
+
+    def save(self, image_id: str) -> Iterator[bytes]:
+        self.calls.append(("save", image_id))
+        yield b""
+
+    def pull(self, ref: str) -> str:
+        self.calls.append(("pull", ref))
+        host = ref.split("/", 1)[0]
+        if host in self.down:
+            raise RegistryError(f"cannot pull {ref}: registry {host} does not answer")
+        iid = self.registries.get(host, {}).get(ref)
+        if iid is None:
+            raise RegistryError(f"cannot pull {ref}: manifest unknown")
+        img = self.images.get(iid) or Image(id=iid)
+        self.images[iid] = Image(id=iid, repo_digests=tuple(sorted({*img.repo_digests, ref})), tags=img.tags,
+                                 labels=img.labels)
+        return iid
+
+    def push(self, image_id: str, repository: str, tag: str) -> str:
+        self.calls.append(("push", (image_id, repository, tag)))
+        host = repository.split("/", 1)[0]
+        if host in self.down:
+            raise RegistryError(f"push to {repository} failed")
+        ref = f"{repository}@sha256:{hashlib.sha256(image_id.encode()).hexdigest()}"
+        self.registries.setdefault(host, {})[ref] = image_id
+        return ref
+
+    def tag(self, image_id: str, ref: str) -> None:
+        self.calls.append(("tag", (image_id, ref)))
+        img = self.images[image_id]
+        self.images[image_id] = Image(id=img.id, repo_digests=img.repo_digests, tags=(*img.tags, ref),
+                                      labels=img.labels)
+
+    def remove_image(self, ref: str, force: bool = False) -> bool:
+        self.calls.append(("remove_image", ref))
+        return self.images.pop(ref, None) is not None
+
+    def import_rootfs(self, tar: Path, ref: str, changes: list[str]) -> str:
+        self.calls.append(("import_rootfs", ref))
+        return self.add_image(ref)
+
+    def create(self, spec: ContainerSpec) -> Container:
+        self.calls.append(("create", spec))
+        if self.create_error:
+            raise JobError(f"the Docker engine refused the job's container: {self.create_error}")
+        if spec.image not in self.images:
+            raise ImageNotFoundError(f"image {spec.image} not found")
+        return FakeContainer(self, spec)
+
+    def run_output(self, spec: ContainerSpec) -> bytes:
+        self.calls.append(("run_output", spec.command))
+        tool = spec.command[1].rsplit("/", 1)[-1] if len(spec.command) > 1 else ""
+        if tool == "probe.py":
+            return json.dumps(self.probe).encode()
+        if tool == "tensordiff.py":
+            return json.dumps({"error": "no tensors in the fake engine"}).encode()
+        raise JobError(f"the fake engine cannot run {spec.command}")
+
+    def containers_labelled(self, label: str) -> list[tuple[str, dict[str, str], str]]:
+        return []
+
+    def remove_container(self, container_id: str) -> None:
+        self.calls.append(("remove_container", container_id))
+
+
+class FakeContainer(Container):
+    _ids = iter(range(1, 10**6))
+
+    def __init__(self, engine: FakeEngine, spec: ContainerSpec) -> None:
+        self.engine = engine
+        self.spec = spec
+        self.id = f"fake{next(self._ids)}"
+        self.stopped = threading.Event()
+        self.outcome: Outcome | None = None
+        self.removed = False
+
+    def start(self) -> Output:
+        if self.engine.start_error:
+            raise JobError(f"the job's container did not start: {self.engine.start_error}")
+        job = self.engine.jobs.get(self.spec.image) or (lambda ctx: Outcome())
+        return self._run(job)
+
+    def _run(self, job: Job) -> Output:
+        self.outcome = job(JobContext(self.spec, self.stopped))
+        if self.outcome.stdout:
+            yield self.outcome.stdout, None
+        if self.outcome.stderr:
+            yield None, self.outcome.stderr
+
+    def wait(self) -> ContainerExit:
+        assert self.outcome is not None
+        if self.stopped.is_set():
+            return ContainerExit(143)
+        return ContainerExit(self.outcome.exit_code, self.outcome.oom)
+
+    def stop(self, timeout: int = 5) -> None:
+        self.stopped.set()
+
+    def remove(self) -> None:
+        self.removed = True
+        self.engine.calls.append(("remove", self.id))
