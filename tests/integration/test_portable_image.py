@@ -76,12 +76,16 @@ def test_native_gives_other_bits_on_an_emulated_haswell(project, cpu_lock, cpu_i
 
 @pytest.mark.parametrize("profile, refused", [("native", True), ("portable", False)])
 def test_replay_check_treats_cpu_models_by_profile(project, cpu_lock, cpu_image, profile, refused):
-    """A run recorded on an Intel CPU without AVX-512: a native replay here is refused, a portable one is not."""
+    """A run recorded on another vendor's CPU with other instruction sets: a native replay here is refused, a
+    portable one is not. The recorded host differs from this one by construction, whatever this CPU is."""
     run_id = run_here(project, cpu_lock, profile)["run_id"]
     store = FileStore(project / ".envkit")
     rec = store.read(run_id)
-    rec.fingerprint.host["cpu_vendor"] = "GenuineIntel"
-    rec.fingerprint.host["cpu_flags"] = [f for f in rec.fingerprint.host["cpu_flags"] if not f.startswith("avx512")]
+    host = rec.fingerprint.host
+    host["cpu_vendor"] = "AuthenticAMD" if host["cpu_vendor"] == "GenuineIntel" else "GenuineIntel"
+    flags = host["cpu_flags"]
+    has_avx512 = any(f.startswith("avx512") for f in flags)
+    host["cpu_flags"] = [f for f in flags if not f.startswith("avx512")] if has_avx512 else [*flags, "avx512f"]
     store.write(rec)
     r = envkit("replay", run_id, "--json", cwd=project, timeout=1800)
     if refused:
