@@ -57,6 +57,13 @@ class FetchError(EnvkitError):
     exit_code = 14
 
 
+class ProjectConfigError(EnvkitError):
+    """The project's configuration ([tool.envkit] in pyproject.toml, or envkit.toml) is malformed."""
+
+    exit_code = 17
+    default_hint = "see README.md, 'Project configuration'"
+
+
 class CpuProfileError(EnvkitError):
     """An unknown CPU profile name (from a record or an image label) or a bad thread count for it."""
 

@@ -84,11 +84,13 @@ def wheel_cache_dir() -> Path:
 
 
 def store_dir(project: Path | None = None) -> Path:
-    """The run store: $ENVKIT_HOME, else ./.envkit in the project folder."""
+    """The run store: $ENVKIT_HOME, else .envkit in the project folder (found upward from the current folder)."""
     env = os.environ.get(ENV_HOME)
     if env:
         return Path(env).absolute()  # bind mounts need absolute paths
-    return (project or Path.cwd()).absolute() / ".envkit"
+    from envkit.project import STORE_DIR, find_root
+
+    return (Path(project).absolute() if project else find_root()) / STORE_DIR
 
 
 def debug_enabled() -> bool:
