@@ -22,10 +22,11 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from envkit.errors import BundleError, RegistryError
 from envkit.store.ociclient import DIGEST_PATTERN, OCI_MANIFEST, Reference, RegistryClient, parse_reference
@@ -39,7 +40,12 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # docker-registry 2.8 answers "request bod
 MAX_CONFIG_BYTES = 1024 * 1024
 _DIGEST_RE = re.compile(DIGEST_PATTERN)
 
-Progress = Callable[[int, int], None]  # (bytes just moved, total bytes of the transfer)
+Progress = Callable[[int, int], None]  # (bytes just moved, total bytes of the transfer), from worker threads
+# docker-registry takes tens of milliseconds to answer each upload (it writes several small files per blob): a run's
+# many small files go four at a time, each worker on its own kept-alive connection.
+_WORKERS = 4
+_T = TypeVar("_T")
+_DONE = object()
 
 
 class PulledArtifact(NamedTuple):
@@ -103,18 +109,14 @@ def push_artifact(registry_repo: str, files: Sequence[tuple[str, Path]], annotat
                             f"manifests over {MAX_MANIFEST_BYTES >> 20} MiB",
                             hint="carry fewer files (leave some out of the project with .envkitignore)")
     total = sum(layer.size for layer, _ in layers) + len(config)
+    advance = (lambda n: on_progress(n, total)) if on_progress else None
+    unique = list({layer.digest: (layer, path) for layer, path in reversed(layers)}.values())  # first name wins
+    if advance:
+        advance(total - len(config) - sum(layer.size for layer, _ in unique))  # duplicates travel once
+    _each(ref.registry, unique, lambda client, item: client.put_blob(
+        ref.repository, item[1], item[0].digest, item[0].name, advance, item[0].size))
     with RegistryClient(ref.registry) as client:
-        client.put_blob(ref.repository, config, config_digest, "the config", None)
-        if on_progress:
-            on_progress(len(config), total)
-        sent: set[str] = set()
-        for layer, path in layers:
-            if layer.digest not in sent:
-                client.put_blob(ref.repository, path, layer.digest, layer.name,
-                                (lambda n: on_progress(n, total)) if on_progress else None, layer.size)
-                sent.add(layer.digest)
-            elif on_progress:
-                on_progress(layer.size, total)
+        client.put_blob(ref.repository, config, config_digest, "the config", advance)
         digest = client.put_manifest(ref.repository, body)
         if tag is not None:
             client.put_manifest(ref.repository, body, tag)
@@ -174,15 +176,16 @@ def pull_artifact(ref: str, dest_dir: Path, max_total_bytes: int, max_files: int
                     raise BundleError(f"{ref} holds {layer.name!r}, which is not part of an envkit run",
                                       hint="do not use this artifact; it was not written by envkit push")
             config = client.get_blob_bytes(parsed.repository, config_desc.digest, config_desc.size, "the config")
-            total = sum(layer.size for layer in layers)
-            files: list[tuple[str, Path]] = []
-            fetched: dict[str, Path] = {}
-            for layer in layers:
-                path = dest_dir / layer.name
-                _write_layer(client, parsed.repository, layer, path, fetched.get(layer.digest),
-                             (lambda n: on_progress(n, total)) if on_progress else None)
-                fetched.setdefault(layer.digest, path)
-                files.append((layer.name, path))
+        total = sum(layer.size for layer in layers)
+        advance = (lambda n: on_progress(n, total)) if on_progress else None
+        first = {layer.digest: layer for layer in reversed(layers)}  # each content fetched once, under its first name
+        _each(parsed.registry, list(first.values()), lambda client, layer: _write_layer(
+            client, parsed.repository, layer, dest_dir / layer.name, None, advance))
+        for layer in layers:
+            if first[layer.digest] is not layer:
+                _write_layer(None, parsed.repository, layer, dest_dir / layer.name, dest_dir / first[layer.digest].name,
+                             advance)
+        files = [(layer.name, dest_dir / layer.name) for layer in layers]
     except BaseException:
         _empty(dest_dir)
         raise
@@ -289,7 +292,35 @@ def _check_caps(layers: Sequence[Layer], ref: str, max_total_bytes: int, max_fil
                           "allowed", hint="raise the limit if you trust this artifact")
 
 
-def _write_layer(client: RegistryClient, repository: str, layer: Layer, path: Path, same: Path | None,
+def _each(registry: str, items: Sequence[_T], fn: Callable[[RegistryClient, _T], object]) -> None:
+    """``fn(client, item)`` for every item on up to :data:`_WORKERS` connections; the first error stops the rest
+    (each worker finishes the item in hand) and is raised."""
+    pending = iter(items)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with RegistryClient(registry) as client:
+                while not errors:
+                    with lock:
+                        item = next(pending, _DONE)
+                    if item is _DONE:
+                        return
+                    fn(client, item)  # type: ignore[arg-type]
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread, which raises it
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, daemon=True) for _ in range(min(_WORKERS, len(items)))]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _write_layer(client: RegistryClient | None, repository: str, layer: Layer, path: Path, same: Path | None,
                  advance: Callable[[int], None] | None) -> None:
     mode = 0o755 if layer.executable else 0o644
     try:
@@ -302,6 +333,7 @@ def _write_layer(client: RegistryClient, repository: str, layer: Layer, path: Pa
                 if advance:
                     advance(layer.size)
             else:
+                assert client is not None
                 client.get_blob(repository, layer.digest, layer.size, layer.name, out, advance)
         os.chmod(path, mode)  # the umask must not change what was recorded
     except OSError as exc:

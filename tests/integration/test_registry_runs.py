@@ -129,10 +129,10 @@ def push_raw(registry: str, repo: str, names_and_data: list[tuple[str, bytes]], 
                            "annotations": {"org.opencontainers.image.title": name}})
         cdigest = "sha256:" + hashlib.sha256(config).hexdigest()
         client.put_blob(repo, config, cdigest, "config", None)
-        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.envkit.run.v1",
+        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": layers,
+                           "artifactType": "application/vnd.envkit.run.v1", "annotations": annotations or {},
                            "config": {"mediaType": "application/vnd.envkit.run.config.v1+json", "digest": cdigest,
-                                      "size": len(config)}, "layers": layers,
-                           "annotations": annotations or {}}).encode()
+                                      "size": len(config)}}).encode()
         return f"{registry}/{repo}@{client.put_manifest(repo, body)}"
 
 
