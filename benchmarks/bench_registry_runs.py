@@ -31,8 +31,8 @@ from pathlib import Path
 
 from envkit.run.snapshot import ManifestEntry, manifest, snapshot
 from envkit.store.filestore import FileStore
-from envkit.store.record import CodeInfo, RunRecord
 from envkit.store.oci import pull_artifact, push_artifact
+from envkit.store.record import CodeInfo, RunRecord
 from envkit.store.registry import pull_run, push_run, run_contents
 
 

@@ -314,8 +314,12 @@ def _each(registry: str, items: Sequence[_T], fn: Callable[[RegistryClient, _T],
     workers = [threading.Thread(target=work, daemon=True) for _ in range(min(_WORKERS, len(items)))]
     for t in workers:
         t.start()
-    for t in workers:
-        t.join()
+    try:
+        for t in workers:
+            t.join()
+    except BaseException as exc:  # Ctrl-C: the workers take no further item
+        errors.append(exc)
+        raise
     if errors:
         raise errors[0]
 

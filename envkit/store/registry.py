@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,18 @@ from envkit.hashing import sha256_file
 from envkit.run.executor import OUTPUT_PREFIX
 from envkit.run.snapshot import manifest_sha256
 from envkit.store.filestore import FileStore, validate_run_id
-from envkit.store.oci import ARTIFACT_TYPE, MAX_MANIFEST_BYTES, Progress, is_safe_name, pull_artifact, \
-    push_artifact, read_manifest
+from envkit.store.oci import (
+    ARTIFACT_TYPE,
+    MAX_MANIFEST_BYTES,
+    TITLE,
+    Progress,
+    is_safe_name,
+    pull_artifact,
+    push_artifact,
+    read_manifest,
+)
 from envkit.store.ociclient import Reference, RegistryClient, parse_reference
-from envkit.store.record import RunRecord
+from envkit.store.record import RUN_ID_RE, RunRecord
 
 CONFIG_MEDIA_TYPE = "application/vnd.envkit.run.config.v1+json"
 CONFIG_FORMAT = 1
@@ -169,33 +178,46 @@ def pull_run(store: FileStore, ref: str, *, expect_run_id: str | None = None,
                               + (f", and run {expect_run_id} was asked for" if expect_run_id else ""))
         _make_links(root, config["links"], {name for name, _ in pulled.files})
         record = _read_record(root / "record.json", run_id)
-        not_carried = check_run_files(root, record)
+        streamed = {x["annotations"][TITLE]: x["digest"].removeprefix("sha256:") for x in pulled.manifest["layers"]}
+        not_carried = check_run_files(root, record, streamed)
         (root / "work").mkdir(exist_ok=True)
         target = store.runs_dir / run_id
         if target.exists():
             return PulledRun(run_id, True, not_carried)
-        os.replace(root, target)
+        try:
+            os.replace(root, target)
+        except OSError as exc:
+            if target.exists():  # pulled by another process meanwhile
+                return PulledRun(run_id, True, not_carried)
+            raise StoreError(f"cannot install run {run_id} in {store.runs_dir}: {exc.strerror or exc}") from exc
     store.write(store.read(run_id))  # index the pulled run
     return PulledRun(run_id, False, not_carried)
 
 
-def check_run_files(run: Path, record: RunRecord) -> list[str]:
-    """Check a run folder of untrusted origin against its record; return the recorded outputs it does not hold.
+def check_run_files(run: Path, record: RunRecord, verified: Mapping[str, str] | None = None) -> list[str]:
+    """Check a pulled run folder against its record; return the recorded outputs it does not hold.
 
-    Every code file must be there and hash to the record (links: point where recorded), the git diff too; every
-    output there must hash to the record; nothing may sit under output/ or work/ that the record does not list.
+    The folder is of untrusted origin, laid out as :func:`pull_run` (or a bundle import) lays it out: work/ holds
+    the outputs only. Every code file must be there and hash to the record (a link must point where recorded), the
+    git diff too; every output there must hash to the record; nothing may sit under code/, output/ or work/ that the
+    record does not list. The record's paths must be safe. ``verified`` maps names to the hex sha256 their bytes
+    were checked against as they were written (a pull's streamed blobs): those are not read again.
 
     Raises:
         BundleError: naming the first file that is missing, altered or unexpected.
     """
     hint = "do not use this run; push it again from an intact copy"
+    for entry in [*record.code.files, *record.outputs]:
+        if not is_safe_name(entry.path) or not is_safe_name(output_name(entry.path)):
+            raise BundleError(f"the run record names an unsafe path {entry.path[:200]!r}", hint=hint)
     if record.code.sha256 is not None and manifest_sha256(record.code.files) != record.code.sha256:
         raise BundleError("the run record's code list does not hash to its code sha256 (the record was edited)",
                           hint=hint)
+    verified = verified or {}
     for entry in record.code.files:
-        if not _matches(run / "code" / entry.path, entry.sha256, entry.link):
+        if not _matches(run, "code/" + entry.path, entry.sha256, entry.link, verified):
             raise BundleError(f"code file {entry.path} does not match the run record", hint=hint)
-    if record.code.diff_sha256 is not None and not _matches(run / "git.diff", record.code.diff_sha256, None):
+    if record.code.diff_sha256 is not None and not _matches(run, "git.diff", record.code.diff_sha256, None, verified):
         raise BundleError("git.diff does not match the run record", hint=hint)
     absent, recorded = [], set()
     for entry in record.outputs:
@@ -203,7 +225,7 @@ def check_run_files(run: Path, record: RunRecord) -> list[str]:
         recorded.add(name)
         if not os.path.lexists(run / name):
             absent.append(entry.path)
-        elif not _matches(run / name, entry.sha256, entry.link):
+        elif not _matches(run, name, entry.sha256, entry.link, verified):
             raise BundleError(f"output {entry.path} does not match the run record", hint=hint)
     code = {"code/" + e.path for e in record.code.files}
     for name in _tree(run, "code") + _tree(run, "output") + _tree(run, "work"):
@@ -226,10 +248,13 @@ def _is_run_member(name: str) -> bool:
     return name in FIXED_FILES or name.startswith(TREES)
 
 
-def _matches(path: Path, sha256: str, link: str | None) -> bool:
+def _matches(run: Path, name: str, sha256: str, link: str | None, verified: Mapping[str, str]) -> bool:
+    path = run / name
     if link is not None:
         return path.is_symlink() and os.readlink(path) == link
-    return path.is_file() and not path.is_symlink() and sha256_file(path) == sha256
+    if not path.is_file() or path.is_symlink():
+        return False
+    return verified[name] == sha256 if name in verified else sha256_file(path) == sha256
 
 
 def _read_config(data: bytes, ref: str) -> dict[str, Any]:
@@ -239,7 +264,8 @@ def _read_config(data: bytes, ref: str) -> dict[str, Any]:
         raise BundleError(f"the config of {ref} is not JSON") from exc
     if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
         raise BundleError(f"{ref} has an unknown run config format", hint="pull it with the envkit that pushed it")
-    validate_run_id(config.get("run_id"))
+    if not isinstance(config.get("run_id"), str) or not RUN_ID_RE.fullmatch(config["run_id"]):
+        raise BundleError(f"the config of {ref} names a malformed run id {str(config.get('run_id'))[:60]!r}")
     links = config.get("links")
     if not isinstance(links, list) or not all(isinstance(x, dict) and isinstance(x.get("path"), str)
                                               and isinstance(x.get("target"), str) for x in links):

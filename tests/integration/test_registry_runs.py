@@ -353,6 +353,22 @@ def test_an_artifact_with_files_outside_a_run_folder_is_refused(registry, tmp_pa
         pull_run(FileStore(tmp_path / "b"), ref)
 
 
+def test_a_record_naming_paths_outside_the_run_or_another_run_is_refused(registry, tmp_path):
+    store, record = make_run(tmp_path / "a")
+    contents = run_contents(store.run_dir(record.run_id), record)
+    hostile = record.to_dict()
+    hostile["outputs"][0]["path"] = "../../../../etc/passwd"
+    files = [(n, json.dumps(hostile).encode() if n == "record.json" else p.read_bytes()) for n, p in contents.files]
+    config = json.dumps({"format": 1, "run_id": record.run_id,
+                         "links": [{"path": n, "target": t} for n, t in contents.links]}).encode()
+    ref = push_raw(registry, "envkit-test/records", files, config, {"io.envkit.run.id": record.run_id})
+    with pytest.raises(BundleError, match="the run record names an unsafe path '../../../../etc/passwd'"):
+        pull_run(FileStore(tmp_path / "b"), ref)
+    ref, _ = push_run(store.run_dir(record.run_id), record, f"{registry}/envkit-test/records")
+    with pytest.raises(BundleError, match="and run 20200101T000000000Z-00000000 was asked for"):
+        pull_run(FileStore(tmp_path / "b"), ref, expect_run_id="20200101T000000000Z-00000000")
+
+
 def test_the_digest_of_a_manifest_is_canonical():
     """The same layers and annotations in any order give the same bytes (a pure check, beside the registry ones)."""
     from envkit.store.oci import Layer
