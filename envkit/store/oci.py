@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from envkit.errors import BundleError, RegistryError
-from envkit.store.ociclient import DIGEST_PATTERN, OCI_MANIFEST, Reference, RegistryClient, parse_reference
+from envkit.store.ociclient import DIGEST_PATTERN, OCI_MANIFEST, TAG_PATTERN, Reference, RegistryClient, parse_reference
 
 ARTIFACT_TYPE = "application/vnd.envkit.run.v1"
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"  # OCI 1.1's config for artifacts with no config of their own
@@ -98,6 +98,8 @@ def push_artifact(registry_repo: str, files: Sequence[tuple[str, Path]], annotat
         BundleError: an unsafe or duplicate name, a file that is missing or changed while being pushed.
     """
     ref = parse_reference(registry_repo, allow_tag=False, allow_digest=False)
+    if tag is not None and not re.fullmatch(TAG_PATTERN, tag):
+        raise RegistryError(f"{tag[:140]!r} is not a registry tag (letters, digits, '_', '.', '-'; at most 128)")
     known = known_sha256 or {}
     layers = sorted((_describe(name, Path(path), known.get(name)) for name, path in files), key=lambda t: t[0].name)
     _check_names([layer.name for layer, _ in layers])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from envkit.errors import BundleError, RegistryError, RunNotFoundError
+from envkit.errors import BundleError, RegistryError, RunNotFoundError, StoreError
 from envkit.run.snapshot import manifest, snapshot
 from envkit.store.filestore import FileStore
 from envkit.store.oci import canonical_manifest, pull_artifact, push_artifact
@@ -299,6 +299,18 @@ def test_a_run_whose_code_was_altered_in_the_registry_is_refused(registry, sessi
         assert list(store_b.runs_dir.iterdir()) == []
     finally:
         data.write_bytes(original)
+
+
+def test_a_run_folder_altered_since_its_record_is_not_pushed(registry, tmp_path):
+    """The record's hashes name the blobs; docker-registry checks the bytes against them on upload."""
+    store, record = make_run(tmp_path / "a")
+    code = store.run_dir(record.run_id) / "code" / "train.py"
+    code.write_text(code.read_text().replace("import", "IMPORT"))
+    with pytest.raises(BundleError, match=r"code/train\.py does not hash to sha256:.*changed since it was hashed"):
+        push_run(store.run_dir(record.run_id), record, f"{registry}/envkit-test/runs")
+    code.unlink()
+    with pytest.raises(StoreError, match=r"lacks code/train\.py, which its record lists"):
+        push_run(store.run_dir(record.run_id), record, f"{registry}/envkit-test/runs")
 
 
 def test_an_artifact_whose_files_disagree_with_its_record_is_refused(registry, tmp_path):
