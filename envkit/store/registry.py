@@ -276,11 +276,12 @@ def _read_config(data: bytes, ref: str) -> dict[str, Any]:
 def _make_links(root: Path, links: list[dict[str, str]], files: set[str]) -> None:
     """Create the artifact's symlinks, each one checked to stay inside the run folder, none above another name."""
     names = [x["path"] for x in links]
+    everything = files | set(names)
     for item in links:
         name, target = item["path"], item["target"]
         if not is_safe_name(name) or not _is_run_member(name) or name in files or names.count(name) > 1:
             raise BundleError(f"the artifact's link {name[:200]!r} is not a safe new path in a run folder")
-        if any(other.startswith(name + "/") for other in files | set(names)):
+        if any(other.startswith(name + "/") for other in everything):
             raise BundleError(f"the artifact's link {name!r} would be a folder of other files")
         if not _stays_inside(name, target):
             raise BundleError(f"the artifact's link {name!r} points outside the run ({target[:200]!r})",
