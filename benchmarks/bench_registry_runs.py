@@ -29,7 +29,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from envkit.run.snapshot import ManifestEntry, manifest, snapshot
+from envkit.manifest import ManifestEntry, manifest
+from envkit.run.snapshot import snapshot
 from envkit.store.filestore import FileStore
 from envkit.store.oci import pull_artifact, push_artifact
 from envkit.store.record import CodeInfo, RunRecord

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from envkit.errors import BundleError, RegistryError
+from envkit.hashing import sha256_file
+from envkit.manifest import is_safe_relpath
 from envkit.store.ociclient import DIGEST_PATTERN, OCI_MANIFEST, TAG_PATTERN, Reference, RegistryClient, parse_reference
 
 ARTIFACT_TYPE = "application/vnd.envkit.run.v1"
@@ -65,13 +67,9 @@ class Layer:
 
 
 def is_safe_name(name: object) -> bool:
-    """Whether ``name`` is a relative POSIX path that stays below its root: no ``..``, ``.`` or empty parts, no
-    leading ``/``, no backslash, no NUL or other control character, at most 1024 characters."""
-    if not isinstance(name, str) or not name or len(name) > 1024 or name.startswith("/") or "\\" in name:
-        return False
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return False
-    return all(part not in ("", ".", "..") for part in name.split("/"))
+    """Whether ``name`` may name a file of an artifact: a safe relative path (:func:`envkit.manifest.is_safe_relpath`)
+    of at most 1024 characters, with no control character (names end up in messages and annotations)."""
+    return is_safe_relpath(name) and len(name) <= 1024 and not any(ord(c) < 32 or ord(c) == 127 for c in name)
 
 
 def push_artifact(registry_repo: str, files: Sequence[tuple[str, Path]], annotations: Mapping[str, str] | None = None,
@@ -233,20 +231,12 @@ def _describe(name: str, path: Path, sha256: str | None) -> tuple[Layer, Path]:
         st = os.stat(path, follow_symlinks=False)
         if not path.is_file() or path.is_symlink():
             raise BundleError(f"{name} ({path}) is not a regular file; links are not pushed as blobs")
-        digest = sha256 if sha256 is not None else _sha256_file(path)
+        digest = sha256 if sha256 is not None else sha256_file(path)
     except OSError as exc:
         raise BundleError(f"cannot read {name} ({path}): {exc.strerror or exc}") from exc
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise BundleError(f"{name}: {digest!r} is not a sha256")
     return Layer(name, "sha256:" + digest, st.st_size, bool(st.st_mode & 0o100)), path
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_names(names: Sequence[str]) -> None:

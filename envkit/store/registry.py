@@ -18,16 +18,21 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from envkit.errors import BundleError, RunNotFoundError, StoreError
-from envkit.hashing import sha256_file
-from envkit.run.executor import OUTPUT_PREFIX
-from envkit.run.snapshot import manifest_sha256
 from envkit.store.filestore import FileStore, validate_run_id
+from envkit.store.layout import (
+    BUNDLE_FILES,
+    CODE_DIR,
+    META_DIR,
+    OUTPUT_DIR,
+    WORK_DIR,
+    RunLayout,
+)
 from envkit.store.oci import (
     ARTIFACT_TYPE,
     MAX_MANIFEST_BYTES,
@@ -40,14 +45,14 @@ from envkit.store.oci import (
 )
 from envkit.store.ociclient import Reference, RegistryClient, parse_reference
 from envkit.store.record import RUN_ID_RE, RunRecord
+from envkit.store.verify import check_run_files, code_member, output_member, tree
 
 CONFIG_MEDIA_TYPE = "application/vnd.envkit.run.config.v1+json"
 CONFIG_FORMAT = 1
 RUN_ID = "io.envkit.run.id"
 IMAGE_ID = "io.envkit.image.id"
 CREATED = "org.opencontainers.image.created"
-FIXED_FILES = ("record.json", "stdout.log", "stderr.log", "lock.yaml", "git.diff")
-TREES = ("code/", "meta/", "output/", "work/")
+TREES = tuple(f"{d}/" for d in (CODE_DIR, META_DIR, OUTPUT_DIR, WORK_DIR))
 DEFAULT_MAX_OUTPUT_BYTES = 100 * 2**20  # per output file; larger ones are listed as not carried
 DEFAULT_MAX_PULL_BYTES = 16 * 2**30
 DEFAULT_MAX_PULL_FILES = 20_000  # a 4 MiB manifest holds about 18,000 files
@@ -70,11 +75,6 @@ class PulledRun:
     not_carried: list[str]  # recorded outputs the artifact did not carry (by recorded path)
 
 
-def output_name(recorded: str) -> str:
-    """The run-folder name of an output recorded as ``recorded`` (``$ENVKIT_OUTPUT_DIR/x`` lives in output/x)."""
-    return "output/" + recorded[len(OUTPUT_PREFIX):] if recorded.startswith(OUTPUT_PREFIX) else "work/" + recorded
-
-
 def run_contents(run_dir: Path, record: RunRecord, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> RunContents:
     """List what a run folder contributes: record, logs, lock, git diff, code, meta/, outputs up to the limit.
 
@@ -85,16 +85,21 @@ def run_contents(run_dir: Path, record: RunRecord, max_output_bytes: int = DEFAU
     sha: dict[str, str] = {}
     links: list[tuple[str, str]] = []
     not_carried: list[dict[str, Any]] = []
-    for name in FIXED_FILES:
+    for name in BUNDLE_FILES:
         if (run_dir / name).is_file() and not (run_dir / name).is_symlink():
             files.append((name, run_dir / name))
-    entries = [("code/" + e.path, e) for e in record.code.files] + [(output_name(e.path), e) for e in record.outputs]
+    entries = [(code_member(e.path), e) for e in record.code.files]
+    for entry in record.outputs:
+        try:
+            entries.append((output_member(entry.path), entry))
+        except ValueError:
+            raise StoreError(f"the record of run {record.run_id} names an unsafe path {entry.path[:200]!r}") from None
     for name, entry in entries:
         if not is_safe_name(name):
             raise StoreError(f"the record of run {record.run_id} names an unsafe path {entry.path[:200]!r}")
         if entry.link is not None:
             links.append((name, entry.link))
-        elif name.startswith(("output/", "work/")) and entry.size > max_output_bytes:
+        elif not name.startswith(TREES[0]) and entry.size > max_output_bytes:
             not_carried.append(entry.to_dict())
         elif not (run_dir / name).is_file():
             raise StoreError(f"run {record.run_id} lacks {name}, which its record lists",
@@ -102,7 +107,7 @@ def run_contents(run_dir: Path, record: RunRecord, max_output_bytes: int = DEFAU
         else:
             files.append((name, run_dir / name))
             sha[name] = entry.sha256
-    for name in _tree(run_dir, "meta"):  # bootstrap reports and traces: not in the record
+    for name in tree(run_dir, META_DIR):  # bootstrap reports and traces: not in the record
         path = run_dir / name
         if path.is_symlink():
             links.append((name, os.readlink(path)))
@@ -159,12 +164,17 @@ def resolve_run(registry_repo: str, run_id: str) -> str:
 def pull_run(store: FileStore, ref: str, *, expect_run_id: str | None = None,
              max_total_bytes: int = DEFAULT_MAX_PULL_BYTES, max_files: int = DEFAULT_MAX_PULL_FILES,
              on_progress: Progress | None = None) -> PulledRun:
-    """Fetch a run by digest, check it completely, and install it in the store (one rename).
+    """Fetch a run by digest, check it completely, and install it in the store (one rename), marked as imported.
+
+    A run the store already holds is not downloaded again: only the manifest is read, for its run id.
 
     Raises:
         RegistryError: unreachable, refusing, no such artifact. BundleError: anything altered, unsafe or too large,
             a file that does not match the record, or a run id other than ``expect_run_id``.
     """
+    present = _already_present(store, ref, expect_run_id)
+    if present is not None:
+        return present
     store.runs_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".pull-", dir=store.runs_dir) as tmp:
         root = Path(tmp) / "run"
@@ -177,10 +187,15 @@ def pull_run(store: FileStore, ref: str, *, expect_run_id: str | None = None,
             raise BundleError(f"{ref} is run {run_id}, its manifest says {str(said)[:40]}"
                               + (f", and run {expect_run_id} was asked for" if expect_run_id else ""))
         _make_links(root, config["links"], {name for name, _ in pulled.files})
-        record = _read_record(root / "record.json", run_id)
+        layout = RunLayout(root)
+        record = _read_record(layout.record, run_id)
         streamed = {x["annotations"][TITLE]: x["digest"].removeprefix("sha256:") for x in pulled.manifest["layers"]}
         not_carried = check_run_files(root, record, streamed)
-        (root / "work").mkdir(exist_ok=True)
+        layout.work.mkdir(exist_ok=True)
+        # Marked as imported, as a bundle's run is: replay takes no host path (mounts) from a foreign record.
+        layout.origin.write_text(json.dumps({"registry": ref, "imported": time.time(),
+                                             "bytes": sum(p.stat().st_size for _, p in pulled.files)},
+                                            sort_keys=True))
         target = store.runs_dir / run_id
         if target.exists():
             return PulledRun(run_id, True, not_carried)
@@ -194,67 +209,30 @@ def pull_run(store: FileStore, ref: str, *, expect_run_id: str | None = None,
     return PulledRun(run_id, False, not_carried)
 
 
-def check_run_files(run: Path, record: RunRecord, verified: Mapping[str, str] | None = None) -> list[str]:
-    """Check a pulled run folder against its record; return the recorded outputs it does not hold.
-
-    The folder is of untrusted origin, laid out as :func:`pull_run` (or a bundle import) lays it out: work/ holds
-    the outputs only. Every code file must be there and hash to the record (a link must point where recorded), the
-    git diff too; every output there must hash to the record; nothing may sit under code/, output/ or work/ that the
-    record does not list. The record's paths must be safe. ``verified`` maps names to the hex sha256 their bytes
-    were checked against as they were written (a pull's streamed blobs): those are not read again.
-
-    Raises:
-        BundleError: naming the first file that is missing, altered or unexpected.
-    """
-    hint = "do not use this run; push it again from an intact copy"
-    for entry in [*record.code.files, *record.outputs]:
-        if not is_safe_name(entry.path) or not is_safe_name(output_name(entry.path)):
-            raise BundleError(f"the run record names an unsafe path {entry.path[:200]!r}", hint=hint)
-    if record.code.sha256 is not None and manifest_sha256(record.code.files) != record.code.sha256:
-        raise BundleError("the run record's code list does not hash to its code sha256 (the record was edited)",
-                          hint=hint)
-    verified = verified or {}
-    for entry in record.code.files:
-        if not _matches(run, "code/" + entry.path, entry.sha256, entry.link, verified):
-            raise BundleError(f"code file {entry.path} does not match the run record", hint=hint)
-    if record.code.diff_sha256 is not None and not _matches(run, "git.diff", record.code.diff_sha256, None, verified):
-        raise BundleError("git.diff does not match the run record", hint=hint)
-    absent, recorded = [], set()
-    for entry in record.outputs:
-        name = output_name(entry.path)
-        recorded.add(name)
-        if not os.path.lexists(run / name):
-            absent.append(entry.path)
-        elif not _matches(run, name, entry.sha256, entry.link, verified):
-            raise BundleError(f"output {entry.path} does not match the run record", hint=hint)
-    code = {"code/" + e.path for e in record.code.files}
-    for name in _tree(run, "code") + _tree(run, "output") + _tree(run, "work"):
-        if name not in recorded and name not in code:
-            raise BundleError(f"{name} is not part of run {record.run_id} (its record does not list it)", hint=hint)
-    return absent
+def _already_present(store: FileStore, ref: str, expect_run_id: str | None) -> PulledRun | None:
+    """The run ``ref`` holds, when the store already has it (its manifest is fetched and checked; nothing else)."""
+    parsed = parse_reference(ref, allow_tag=False, require_digest=True)
+    assert parsed.digest is not None
+    with RegistryClient(parsed.registry) as client:
+        body = client.get_manifest(parsed.repository, parsed.digest, MAX_MANIFEST_BYTES)
+    if body is None:
+        return None  # the pull says so, in its own words
+    manifest = read_manifest(body, parsed.digest, ref, ARTIFACT_TYPE)[0]
+    run_id = (manifest.get("annotations") or {}).get(RUN_ID)
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id) \
+            or (expect_run_id is not None and run_id != expect_run_id):
+        return None
+    layout = store.layout(run_id)
+    if not layout.record.is_file():
+        return None
+    record = store.read(run_id)
+    absent = [e.path for e in record.outputs if not os.path.lexists(layout.output_path(e.path))]
+    return PulledRun(run_id, True, absent)
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
-def _tree(run: Path, top: str) -> list[str]:
-    """Names (relative to ``run``) of the files and links under ``run/top``, sorted; links are not followed."""
-    found = []
-    for root, dirs, names in os.walk(run / top):
-        found += [Path(root, n).relative_to(run).as_posix()
-                  for n in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]]
-    return sorted(found)
-
-
 def _is_run_member(name: str) -> bool:
-    return name in FIXED_FILES or name.startswith(TREES)
-
-
-def _matches(run: Path, name: str, sha256: str, link: str | None, verified: Mapping[str, str]) -> bool:
-    path = run / name
-    if link is not None:
-        return path.is_symlink() and os.readlink(path) == link
-    if not path.is_file() or path.is_symlink():
-        return False
-    return verified[name] == sha256 if name in verified else sha256_file(path) == sha256
+    return name in BUNDLE_FILES or name.startswith(TREES)
 
 
 def _read_config(data: bytes, ref: str) -> dict[str, Any]:

@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 
 from envkit.errors import BundleError, RegistryError, RunNotFoundError, StoreError
-from envkit.run.snapshot import manifest, snapshot
+from envkit.manifest import manifest
+from envkit.run.snapshot import snapshot
 from envkit.store.filestore import FileStore
 from envkit.store.oci import canonical_manifest, pull_artifact, push_artifact
 from envkit.store.ociclient import OCI_MANIFEST, RegistryClient
 from envkit.store.record import CodeInfo, ImageInfo, RunRecord
-from envkit.store.registry import check_run_files, pull_run, push_run, resolve_run, run_contents
+from envkit.store.registry import pull_run, push_run, resolve_run, run_contents
+from envkit.store.verify import check_run_files
 
 from .conftest import envkit, free_port
 
@@ -277,7 +279,10 @@ def test_a_run_travels_through_the_registry(registry, tmp_path):
     expected = tree(run, skip=("work/",))
     del expected["output/big.bin"]
     expected["work/model.pt"] = tree(run)["work/model.pt"]
-    assert tree(run_b) == expected  # code (modes, links), outputs, logs, meta, lock, diff: byte for byte
+    got = tree(run_b)
+    origin = json.loads(got.pop("origin.json")[0])  # marked as imported: replay takes no host path from it
+    assert origin["registry"] == ref and origin["bytes"] > 0
+    assert got == expected  # code (modes, links), outputs, logs, meta, lock, diff: byte for byte
     assert store_b.read(record.run_id).to_dict() == record.to_dict()
     assert [r["run_id"] for r in store_b.list().rows] == [record.run_id]
     assert [p.name for p in store_b.runs_dir.iterdir()] == [record.run_id]  # no temporary folder left

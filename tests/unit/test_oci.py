@@ -10,7 +10,8 @@ import pytest
 from envkit.errors import BundleError, RegistryError
 from envkit.store.oci import ARTIFACT_TYPE, Layer, canonical_manifest, is_safe_name, read_manifest
 from envkit.store.ociclient import Reference, is_loopback, parse_reference
-from envkit.store.registry import _stays_inside, output_name
+from envkit.store.registry import _stays_inside
+from envkit.store.verify import output_member
 
 D = "sha256:" + "a" * 64
 
@@ -67,8 +68,8 @@ def test_link_targets_stay_inside_the_run(name, target, inside):
 
 
 def test_outputs_map_to_their_folders():
-    assert output_name("$ENVKIT_OUTPUT_DIR/m.json") == "output/m.json"
-    assert output_name("ckpt/model.pt") == "work/ckpt/model.pt"
+    assert output_member("$ENVKIT_OUTPUT_DIR/m.json") == "output/m.json"
+    assert output_member("ckpt/model.pt") == "work/ckpt/model.pt"
 
 
 def manifest_bytes(**changes) -> bytes:
