@@ -28,6 +28,10 @@ from urllib.parse import quote, urlsplit
 from envkit.errors import BundleError, RegistryError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+# What an image pushed by a Docker engine may be stored as (a lookup by digest must accept its type).
+IMAGE_MANIFESTS = (OCI_MANIFEST, "application/vnd.oci.image.index.v1+json",
+                   "application/vnd.docker.distribution.manifest.v2+json",
+                   "application/vnd.docker.distribution.manifest.list.v2+json")
 DIGEST_PATTERN = r"sha256:[0-9a-f]{64}"
 TAG_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -218,6 +222,12 @@ class RegistryClient:
         if said is not None and said != digest:
             raise RegistryError(f"registry {self.registry} stored the manifest as {_clean(said, 80)}, not {digest}")
         return digest
+
+    def has_manifest(self, repository: str, reference: str) -> bool:
+        """Whether the repository holds a manifest (of an artifact or an image) by that digest or tag."""
+        resp = self._request("HEAD", f"/v2/{repository}/manifests/{reference}", what=f"checking {reference[:80]}",
+                             headers={"Accept": ", ".join(IMAGE_MANIFESTS)}, expect=(200, 404))
+        return resp.status == 200
 
     def get_manifest(self, repository: str, reference: str, max_bytes: int) -> bytes | None:
         """The bytes of an OCI manifest by digest or tag (at most ``max_bytes``); None when there is none.
