@@ -102,17 +102,26 @@ def fetch(store: FileStore, source: str, *, registry_repo: str | None = None,
         RegistryError: a malformed reference, an unreachable registry, no such run or artifact.
         InvalidRunIdError: a malformed run id. BundleError: anything altered or unsafe (nothing is installed).
     """
-    if is_reference(source):
-        if registry_repo is not None:
+    if registry_repo is not None:
+        if is_reference(source) and _parses(source):
             raise RegistryError(f"{source[:120]} is already a registry reference; --from goes with a run id",
                                 hint="give REGISTRY/REPO@sha256:..., or RUN_ID --from REGISTRY/REPO")
+        run_id = validate_run_id(source)
+        return pull_run(store, resolve_run(registry_repo, run_id), expect_run_id=run_id, on_progress=on_progress)
+    if is_reference(source):
         parse_reference(source, allow_tag=False, require_digest=True)
         return pull_run(store, source, on_progress=on_progress)
     run_id = validate_run_id(source)
-    if registry_repo is None:
-        raise RegistryError(f"{run_id} is a run id: which registry holds it?",
-                            hint=f"envkit pull {run_id} --from REGISTRY/REPO, or give REGISTRY/REPO@sha256:...")
-    return pull_run(store, resolve_run(registry_repo, run_id), expect_run_id=run_id, on_progress=on_progress)
+    raise RegistryError(f"{run_id} is a run id: which registry holds it?",
+                        hint=f"envkit pull {run_id} --from REGISTRY/REPO, or give REGISTRY/REPO@sha256:...")
+
+
+def _parses(text: str) -> bool:
+    try:
+        parse_reference(text)
+        return True
+    except RegistryError:
+        return False
 
 
 def is_reference(text: str) -> bool:

@@ -15,7 +15,7 @@ DEFAULT_MAX_OUTPUT_MB = 100
 
 @app.command("push")
 def push_cmd(
-    run_id: str = typer.Argument(..., help="The run to push (see `envkit runs`)."),
+    run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run to push (see `envkit runs`)."),
     registry_repo: str = typer.Argument(..., metavar="REGISTRY/REPO", help="Where to, e.g. 127.0.0.1:5000/team/runs."),
     max_output_mb: int = typer.Option(DEFAULT_MAX_OUTPUT_MB, "--max-output-mb", min=0,
                                       help="Outputs larger than this (MiB) stay behind, listed as not carried."),
