@@ -174,6 +174,12 @@ class InputChangedError(EnvkitError):
     exit_code = 41
 
 
+class MountError(EnvkitError):
+    """A mount is unsafe (a socket, a device, a system folder) or, replaying an imported run, not given."""
+
+    exit_code = 43
+
+
 class BundleError(EnvkitError):
     """An exported bundle is malformed or unsafe (path traversal, links, bad hashes)."""
 

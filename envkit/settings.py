@@ -83,6 +83,11 @@ def wheel_cache_dir() -> Path:
     return cache_dir() / "wheels"
 
 
+def build_cache_dir() -> Path:
+    """envkit's own map of build keys to the image IDs it built: <cache>/builds/<key>.json."""
+    return cache_dir() / "builds"
+
+
 def store_dir(project: Path | None = None) -> Path:
     """The run store: $ENVKIT_HOME, else .envkit in the project folder (found upward from the current folder)."""
     env = os.environ.get(ENV_HOME)

@@ -58,7 +58,6 @@ from envkit.store.record import CodeInfo, Fingerprint, ImageInfo, LockInfo, RunR
 
 # Never outputs: bytecode caches a job's imports may leave (PYTHONDONTWRITEBYTECODE is set, but a job may unset it).
 OUTPUT_EXCLUDE = ("__pycache__/", "*.pyc")
-RESERVED_TARGETS = (CONTAINER_WORKDIR, CONTAINER_META, CONTAINER_OUTPUT, CONTAINER_TOOLS)
 
 
 @dataclass
@@ -143,15 +142,20 @@ def hash_inputs(mounts: list[Mount]) -> list[ManifestEntry]:
 
 
 def check_inputs(recorded: list[ManifestEntry], current: list[ManifestEntry]) -> None:
-    """Replay: refuse when an input's content differs from the record, naming the file."""
+    """Replay: the inputs must be the recorded ones exactly: none changed, none missing, none added."""
     now = {e.path: e for e in current}
     for e in recorded:
         got = now.get(e.path)
         if got is None:
             raise InputChangedError(f"input {e.path} is missing", hint="mount the same data as the original run")
-        if got.sha256 != e.sha256:
+        if got.sha256 != e.sha256 or got.link != e.link:
             raise InputChangedError(f"input {e.path} changed since the run (sha256 {got.sha256[:12]}..., "
                                     f"recorded {e.sha256[:12]}...)", hint="restore the original input")
+    extra = sorted(set(now) - {e.path for e in recorded})
+    if extra:
+        raise InputChangedError(f"input {extra[0]} was not there when the run was made"
+                                + (f" ({len(extra) - 1} more)" if len(extra) > 1 else ""),
+                                hint="mount exactly the data of the original run")
 
 
 def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = None,

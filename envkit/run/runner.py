@@ -10,10 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envkit.engine import Engine, Mount
-from envkit.errors import CpuProfileError, JobError, ScriptNotFoundError
-from envkit.run.executor import RESERVED_TARGETS, JobSpec, Sink, execute
+from envkit.engine import Engine
+from envkit.errors import CpuProfileError, ScriptNotFoundError
+from envkit.run.executor import JobSpec, Sink, execute
 from envkit.run.images import resolve_image
+from envkit.run.mounts import parse_mount
 from envkit.settings import DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE
 from envkit.store.filestore import FileStore
 from envkit.store.record import RunRecord
@@ -81,21 +82,3 @@ def check_script(project: Path, script: str) -> str:
     except ValueError:
         raise ScriptNotFoundError(f"script {script} is outside the project folder {project}",
                                   hint="run envkit from the folder that contains the script") from None
-
-
-def parse_mount(text: str) -> Mount:
-    """``SRC:DST`` as a read-only input mount.
-
-    Raises:
-        JobError: malformed, a missing source, or a target envkit reserves.
-    """
-    src, sep, dst = text.partition(":")
-    if not sep or not src or not dst.startswith("/"):
-        raise JobError(f"--mount {text!r} is not SRC:DST with an absolute DST",
-                       hint="e.g. --mount ./data:/data (mounted read-only, hashed as inputs)")
-    path = Path(src).expanduser().resolve()
-    if not path.exists():
-        raise JobError(f"--mount source {src} does not exist")
-    if dst.rstrip("/") in (*RESERVED_TARGETS, "", "/"):
-        raise JobError(f"--mount target {dst} is reserved by envkit")
-    return Mount(path, dst.rstrip("/"))

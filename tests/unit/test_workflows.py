@@ -218,3 +218,15 @@ def test_a_second_build_of_a_lock_is_a_cache_hit(tmp_path, monkeypatch):
     second = build_image(engine, lock)
     assert second.cache_hit and second.image_id == first.image_id
     assert [c for c, _ in engine.calls].count("build") == 1  # nothing was built again
+
+
+def test_an_image_labelled_with_a_locks_build_key_is_not_taken_for_its_build(tmp_path, monkeypatch):
+    """Anyone can compute a public lock's build key and load an image carrying it (a bundle, a pull): only images
+    envkit itself built for the key are cache hits."""
+    monkeypatch.setenv("ENVKIT_CACHE", str(tmp_path / "cache"))
+    engine = FakeEngine()
+    lock = tiny_lock(tmp_path, engine.add_image("base"))
+    planted = engine.add_image("planted", labels={LABEL_BUILD_KEY: plan_build(lock).build_key})
+    result = build_image(engine, lock)
+    assert not result.cache_hit and result.image_id != planted
+    assert build_image(engine, lock).image_id == result.image_id  # its own build is found again
