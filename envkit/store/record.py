@@ -13,7 +13,7 @@ import functools
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -22,13 +22,14 @@ from envkit.errors import StoreError
 from envkit.manifest import ManifestEntry
 from envkit.settings import CPU_PROFILES, DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DETERMINISM_LEVELS
 from envkit.store.layout import STDERR_LOG, STDOUT_LOG
+from envkit.store.redact import REDACTED, redact_argv, redact_environment, redaction_note
+
+__all__ = ["REDACTED", "RunRecord", "redact_environment"]  # REDACTED and redact_environment: from store.redact
 
 SCHEMA_VERSION = 1
 STATUSES = ("running", "succeeded", "failed", "interrupted", "oom")
 RUN_ID_PATTERN = r"[0-9]{8}T[0-9]{9}Z-[0-9a-f]{8}"  # UTC time to the millisecond, then 32 random bits
 RUN_ID_RE = re.compile(RUN_ID_PATTERN)
-REDACTED = "<redacted>"
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASSWORD", re.IGNORECASE)
 
 # version -> function turning a record dict of that version into one of the next version.
 _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
@@ -37,11 +38,6 @@ _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 def utc_now() -> str:
     """The current time as an ISO-8601 UTC string with milliseconds (``2026-11-23T19:13:00.123Z``)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def redact_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """A copy of ``env`` whose values are redacted where the name contains TOKEN, SECRET, KEY or PASSWORD."""
-    return {k: (REDACTED if _SECRET_NAME.search(k) else v) for k, v in env.items()}
 
 
 @dataclass
@@ -96,7 +92,8 @@ class Fingerprint:
 
 @dataclass
 class RunRecord:
-    """Everything known about one run. ``environment`` is redacted on construction, so no secret reaches disk."""
+    """Everything known about one run. ``environment``, ``command`` and ``args`` are redacted on construction
+    (:mod:`envkit.store.redact`), with a note saying what was, so no secret reaches disk."""
 
     run_id: str
     created: str = field(default_factory=utc_now)
@@ -131,7 +128,12 @@ class RunRecord:
     verdict: dict[str, Any] | None = None  # replays: IDENTICAL / DIVERGED / FAILED and the evidence
 
     def __post_init__(self) -> None:
-        self.environment = redact_environment(self.environment)
+        before, command, args = self.environment, self.command, self.args
+        self.environment = redact_environment(before)
+        self.command, self.args = redact_argv(command), redact_argv(args)
+        note = redaction_note(self.environment, before, self.command != command, self.args != args)
+        if note:  # redaction is idempotent: a record read again adds no second note
+            self.notes = [*self.notes, note]
         self.validate()
 
     def validate(self) -> None:
