@@ -73,10 +73,12 @@ def parse_spec(data: Any, source: str = "spec") -> Spec:
     """Validate a spec's parsed YAML."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: the spec must be a mapping of keys (name, python, base, packages, ...)")
+    if not all(isinstance(k, str) for k in data):
+        raise SpecError(f"{source}: keys must be strings, such as name, python, base, packages")
     unknown = sorted(set(data) - _KEYS)
     if unknown:
         raise SpecError(
-            f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
+            f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(shown, unknown))}",
             hint=f"allowed keys: {', '.join(sorted(_KEYS))}",
         )
     missing = [k for k in _REQUIRED if k not in data or data[k] in (None, "", [])]

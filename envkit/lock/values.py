@@ -3,18 +3,19 @@
 A spec or a lock may come from someone else, and its values reach file paths (the wheel cache), the Dockerfile, the
 requirements file and image labels. So every pattern here is applied with ``fullmatch`` (a ``$`` would let a
 trailing newline through, and a newline there adds a line), and error messages show values through :func:`shown`,
-which keeps them on one line.
+which keeps them on one line (it lives in :mod:`envkit.errors` so that the record parser uses it too).
 """
 
 from __future__ import annotations
 
 import re
-import reprlib
 import urllib.parse
 from typing import Any
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import VERSION_PATTERN, Version
+
+from envkit.errors import shown
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # a spec's or lock's name: it becomes an image tag
 PYTHON = re.compile(r"3\.\d{1,2}")  # major.minor
@@ -29,15 +30,7 @@ FULL_PYTHON = re.compile(r"[0-9][0-9A-Za-z.+]{0,31}")  # the base's Python, e.g.
 URL_SCHEMES = ("https", "http", "file", "")  # "" is a bare local path
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
-_repr = reprlib.Repr()
-_repr.maxstring = 80
-_repr.maxother = 80
-_repr.maxlevel = 2
-
-
-def shown(value: Any) -> str:
-    """``value`` for an error message: a short ``repr`` on one line, even for huge or nested values."""
-    return _repr.repr(value)
+__all__ = ["shown"]  # with the patterns and checks below; shown lives in envkit.errors, for every parser
 
 
 def has_control(text: str) -> bool:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from envkit.errors import StoreError
+from envkit.errors import StoreError, shown
 from envkit.manifest import ManifestEntry
 from envkit.settings import CPU_PROFILES, DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DETERMINISM_LEVELS
 from envkit.store.layout import STDERR_LOG, STDOUT_LOG
@@ -164,7 +164,8 @@ class RunRecord:
         if not isinstance(data, dict):
             raise StoreError(f"a run record must be a JSON object, not {type(data).__name__}")
         version = data.get("schema_version")
-        where = f"record {data.get('run_id', '?')}"
+        run_id = data.get("run_id", "?")
+        where = f"record {run_id if isinstance(run_id, str) and RUN_ID_RE.fullmatch(run_id) else shown(run_id)}"
         if not isinstance(version, int) or isinstance(version, bool):
             raise StoreError(f"{where} has no valid schema_version ({version!r})")
         if version > SCHEMA_VERSION or (version < SCHEMA_VERSION and version not in _UPGRADES):
@@ -199,10 +200,12 @@ def _to_json(obj: Any) -> Any:
 def _from_json(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise StoreError(f"{where} must be an object, not {type(data).__name__}")
+    if not all(isinstance(k, str) for k in data):
+        raise StoreError(f"{where} has keys that are not strings")
     hints, fields = _schema(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise StoreError(f"{where} has unknown keys: {', '.join(unknown)}",
+        raise StoreError(f"{where} has unknown keys: {', '.join(map(_key, unknown))}",
                          hint="it was written by a newer envkit, or edited by hand")
     missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
@@ -242,7 +245,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             if (isinstance(entry.path, str) and isinstance(entry.size, int) and isinstance(entry.sha256, str)
                     and isinstance(entry.link, (str, type(None)))):
                 return entry
-        raise StoreError(f"{where}: expected a manifest entry {{path, size, sha256[, link]}}, got {value!r:.120}")
+        raise StoreError(f"{where}: expected a manifest entry {{path, size, sha256[, link]}}, got {shown(value)}")
     elif dataclasses.is_dataclass(tp):
         return _from_json(tp, value, where)
     elif origin is list:
@@ -252,7 +255,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     elif origin is dict:
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             _, item = typing.get_args(tp)
-            return {k: _convert(v, item, f"{where}.{k}") for k, v in value.items()}
+            return {k: _convert(v, item, f"{where}.{_key(k)}") for k, v in value.items()}
     elif tp is bool:
         if isinstance(value, bool):
             return value
@@ -268,4 +271,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     else:  # pragma: no cover - a field type this function was not taught
         raise TypeError(f"no conversion for {tp!r}")
     expected = getattr(tp, "__name__", str(tp))
-    raise StoreError(f"{where}: expected {expected}, got {type(value).__name__} {value!r:.80}")
+    raise StoreError(f"{where}: expected {expected}, got {type(value).__name__} {shown(value)}")
+
+
+def _key(key: str) -> str:
+    """A key from a record for a message: plain when it is a plain name, else quoted (one line, escapes shown)."""
+    return key if key.isidentifier() else shown(key)
