@@ -22,9 +22,12 @@ from envkit.errors import StoreError, shown
 from envkit.manifest import ManifestEntry
 from envkit.settings import CPU_PROFILES, DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DETERMINISM_LEVELS
 from envkit.store.layout import STDERR_LOG, STDOUT_LOG
-from envkit.store.redact import REDACTED, redact_argv, redact_environment, redaction_note
-
-__all__ = ["REDACTED", "RunRecord", "redact_environment"]  # REDACTED and redact_environment: from store.redact
+from envkit.store.redact import (  # noqa: F401 - REDACTED and redact_environment: re-exported for callers
+    REDACTED,
+    redact_argv,
+    redact_environment,
+    redaction_note,
+)
 
 SCHEMA_VERSION = 1
 STATUSES = ("running", "succeeded", "failed", "interrupted", "oom")
@@ -167,7 +170,7 @@ class RunRecord:
         run_id = data.get("run_id", "?")
         where = f"record {run_id if isinstance(run_id, str) and RUN_ID_RE.fullmatch(run_id) else shown(run_id)}"
         if not isinstance(version, int) or isinstance(version, bool):
-            raise StoreError(f"{where} has no valid schema_version ({version!r})")
+            raise StoreError(f"{where} has no valid schema_version ({shown(version)})")
         if version > SCHEMA_VERSION or (version < SCHEMA_VERSION and version not in _UPGRADES):
             raise StoreError(
                 f"{where} has schema version {version}; this envkit reads version {SCHEMA_VERSION}",

@@ -8,8 +8,9 @@ on the way in: the job's environment, the envkit command line and the script's a
   (``PGPASSWORD``), or the whole name matches :data:`SECRET_NAMES` (``*CONNECTION_STRING``). Substrings do not
   count: ``TOKENIZERS_PARALLELISM``, ``MAX_TOKENS`` and ``KEYBOARD`` are kept, so a replay gets them back.
 - **Values** of other names keep what is useful: a URL's password is replaced (``http://me:<redacted>@proxy``; a
-  user name alone is replaced too, since tokens are put there, as pip's ``redact_auth_from_url`` does), and so is
-  the value of a secret key inside a value (``Password=<redacted>;``, ``?access_token=<redacted>``).
+  user name alone is replaced too when it is longer than a user name, as tokens are put there:
+  ``https://<redacted>@github.com``, while ``ssh://git@host`` is kept), and so is the value of a secret key inside
+  a value (``Password=<redacted>;``, ``?access_token=<redacted>``).
 - **Arguments**: ``--token VALUE``, ``--api-key=VALUE`` and ``NAME=VALUE`` with a secret name (``--env
   HF_TOKEN=...``), and every value cleaned as above.
 
@@ -40,6 +41,7 @@ _PARTS = re.compile(r"[_\-.]+|(?<=[a-z0-9])(?=[A-Z])")
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s]*)@")
 # key=value inside a value: connection strings (;), query strings (& ?), space-separated options.
 _PAIR = re.compile(r"(?P<pre>^|[;&?,\s])(?P<key>[A-Za-z][A-Za-z0-9_.\- ]*?)(?P<eq>\s*=\s*)(?P<val>[^;&,\s]*)")
+_MAX_USER = 20  # a URL user name longer than this, without a password, is taken for a token (ghp_..., hf_...)
 _ASSIGNMENT = re.compile(r"(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*)=(?P<val>.*)", re.DOTALL)
 
 
@@ -58,7 +60,9 @@ def scrub_value(value: str) -> str:
     """``value`` with URL credentials and the values of secret keys inside it replaced by :data:`REDACTED`."""
     def userinfo(m: re.Match[str]) -> str:
         user, colon, _ = m["userinfo"].partition(":")
-        return f"{m['scheme']}{user}:{REDACTED}@" if colon else f"{m['scheme']}{REDACTED}@"
+        if colon:
+            return f"{m['scheme']}{user}:{REDACTED}@"
+        return m.group(0) if len(user) <= _MAX_USER else f"{m['scheme']}{REDACTED}@"
 
     def pair(m: re.Match[str]) -> str:
         if not m["val"] or not is_secret_name(m["key"]):

@@ -50,7 +50,8 @@ def test_the_table_is_data():
 @pytest.mark.parametrize("value, expected", [
     ("http://alice:s3cret@proxy.corp:3128", f"http://alice:{REDACTED}@proxy.corp:3128"),
     ("postgres://u:p@ss@db:5432/x?sslmode=require", f"postgres://u:{REDACTED}@db:5432/x?sslmode=require"),
-    ("https://ghp_abcdef@github.com/org/repo.git", f"https://{REDACTED}@github.com/org/repo.git"),
+    ("https://ghp_" + "a1" * 18 + "@github.com/org/repo.git", f"https://{REDACTED}@github.com/org/repo.git"),
+    ("ssh://git@github.com/org/repo.git", "ssh://git@github.com/org/repo.git"),
     ("https://pypi.org/simple", "https://pypi.org/simple"),
     ("http://host:8080/a@b", "http://host:8080/a@b"),
     ("Server=db;User Id=sa;Password=hunter2;", f"Server=db;User Id=sa;Password={REDACTED};"),
