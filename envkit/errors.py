@@ -13,7 +13,6 @@ from __future__ import annotations
 import reprlib
 from typing import Any
 
-
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 80
 _repr.maxlevel = 2

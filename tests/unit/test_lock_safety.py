@@ -233,7 +233,7 @@ def test_render_escapes_dollar_and_quotes_in_values():
     assert 'A="say \\"hi\\" to \\$HOME\\\\x"' in plan.dockerfile
 
 
-# --- the spec: same gaps ------------------------------------------------------------------------------------------------
+# --- the spec: same gaps ----------------------------------------------------------------------------------------------
 GOOD_SPEC = {"name": "cpu", "python": "3.11", "base": "envkit/base:bookworm-py3.11", "packages": ["numpy==2.4.6"]}
 
 

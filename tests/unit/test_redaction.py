@@ -100,7 +100,7 @@ def test_a_record_without_secrets_gets_no_note():
     assert _record(command=["envkit", "run", "x.py"], environment={"A": "1"}).notes == []
 
 
-# --- through the run and replay workflows -------------------------------------------------------------------------------
+# --- through the run and replay workflows -----------------------------------------------------------------------------
 def echo_env(ctx: JobContext) -> Outcome:
     (ctx.path("/envkit/output") / "env.json").write_text(json.dumps(
         {k: ctx.env.get(k) for k in ("HF_TOKEN", "MAX_TOKENS", "HTTPS_PROXY")}, sort_keys=True))
