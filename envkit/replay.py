@@ -31,7 +31,8 @@ from envkit.run.mounts import replay_mounts
 from envkit.store.bundle import is_imported
 from envkit.store.filestore import FileStore
 from envkit.store.layout import RunLayout
-from envkit.store.record import REDACTED, RunRecord
+from envkit.store.record import RunRecord
+from envkit.store.redact import is_redacted
 
 IDENTICAL, DIVERGED, FAILED = "IDENTICAL", "DIVERGED", "FAILED"
 VERDICT_EXIT = {IDENTICAL: EXIT_IDENTICAL, DIVERGED: EXIT_DIVERGED, FAILED: EXIT_FAILED}
@@ -118,6 +119,12 @@ def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False
     if forced and on_forced is not None:
         on_forced(forced)
     job = replay_job(original, layout, image_id, bool(forced), mounts)
+    lost = unrestorable_environment(original)
+    if lost:
+        notes.append(f"the replay cannot restore the redacted variable(s) {', '.join(lost)}: the job sees them unset")
+    if any(is_redacted(a) for a in original.args):
+        notes.append("the replay cannot restore the script arguments that were redacted: it passes "
+                     "<redacted> in their place")
     job.notes = list(notes)
     verdict: list[Verdict] = []
 
@@ -241,7 +248,13 @@ def user_environment(record: RunRecord) -> dict[str, str]:
                    seed=int(record.seed or 0), determinism=record.determinism, threads=record.threads,
                    cpu_profile=record.cpu_profile, trace=record.trace)
     derived = job_environment(stub, record.run_id)
-    return {k: v for k, v in record.environment.items() if k not in derived and v != REDACTED}
+    return {k: v for k, v in record.environment.items() if k not in derived and not is_redacted(v)}
+
+
+def unrestorable_environment(record: RunRecord) -> list[str]:
+    """The variables of the record whose values were redacted (wholly or a URL's password): a replay leaves them
+    unset. Its note and the CLI say which."""
+    return [k for k, v in record.environment.items() if is_redacted(v)]
 
 
 # --- 4. the verdict ----------------------------------------------------------------------------------------------

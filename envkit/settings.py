@@ -31,6 +31,9 @@ from envkit.injob.state import (  # noqa: F401 - re-exported: the one definition
 ENV_HOME = "ENVKIT_HOME"  # the run store; default ./.envkit in the project folder
 ENV_CACHE = "ENVKIT_CACHE"  # wheel cache and base-image build cache; default ~/.cache/envkit
 ENV_DEBUG = "ENVKIT_DEBUG"  # "1": the CLI shows tracebacks
+# "1": a lockfile's file:// URLs and bare paths are read as given. Without it a lock's local URL is only a hint, and
+# local wheels come from this host's pip configuration and the specs locked here (envkit/lock/localsources.py).
+ENV_ALLOW_FILE_URLS = "ENVKIT_ALLOW_FILE_URLS"
 
 CPU_PROFILES = ("native", "portable")
 DEFAULT_CPU_PROFILE = "native"
@@ -98,5 +101,14 @@ def store_dir(project: Path | None = None) -> Path:
     return (Path(project).absolute() if project else find_root()) / STORE_DIR
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false", "no")
+
+
 def debug_enabled() -> bool:
-    return os.environ.get(ENV_DEBUG, "") not in ("", "0", "false", "no")
+    return _flag(ENV_DEBUG)
+
+
+def allow_file_urls() -> bool:
+    """Whether a lockfile's local URLs may be read as given (``ENVKIT_ALLOW_FILE_URLS=1``)."""
+    return _flag(ENV_ALLOW_FILE_URLS)

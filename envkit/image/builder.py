@@ -21,6 +21,7 @@ from envkit.engine import Engine
 from envkit.errors import BuildError, ImageNotFoundError, PlatformError
 from envkit.image.render import BuildPlan, plan_build
 from envkit.image.wheels import Progress, ensure_wheels, link_or_copy
+from envkit.lock.localsources import LocalSources
 from envkit.lock.model import Lockfile
 from envkit.settings import build_cache_dir, wheel_cache_dir
 
@@ -111,7 +112,7 @@ def build_image(
             engine.tag(cached, plan.tag)
             return BuildResult(cached, plan.tag, plan.build_key, True, time.monotonic() - t0)
     _require_base(engine, lock)
-    wheels = ensure_wheels(lock.packages, wheel_cache_dir(), progress)
+    wheels = ensure_wheels(lock.packages, wheel_cache_dir(), progress, sources=LocalSources.for_lock(lock))
     with tempfile.TemporaryDirectory(prefix="envkit-build-") as tmp:
         ctx = Path(tmp)
         _write_context(ctx, plan, wheels)

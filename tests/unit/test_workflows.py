@@ -210,6 +210,7 @@ def tiny_lock(tmp_path: Path, base_id: str) -> Lockfile:
 
 def test_a_second_build_of_a_lock_is_a_cache_hit(tmp_path, monkeypatch):
     monkeypatch.setenv("ENVKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ENVKIT_ALLOW_FILE_URLS", "1")  # a lock made in the test, read from its own local path
     engine = FakeEngine()
     lock = tiny_lock(tmp_path, engine.add_image("base"))
     first = build_image(engine, lock)
