@@ -59,6 +59,12 @@ CONTAINER_META = "/envkit/meta"
 CONTAINER_OUTPUT = "/envkit/output"
 CONTAINER_TOOLS = "/envkit/tools"  # helper scripts (probe, tensor diff) mounted read-only
 
+# The job's container: an unprivileged user when envkit runs as root (the folders it writes are handed to it), no
+# capabilities, no new privileges, a bound on processes and threads.
+JOB_UID = 65532
+PIDS_LIMIT = 16384
+NETWORK_MODES = ("none", "bridge")
+
 # Labels: on every envkit image, on base images envkit makes, and on the containers of runs.
 LABEL_LOCK_SHA = "io.envkit.lock.sha256"
 LABEL_VERSION = "io.envkit.version"

@@ -324,7 +324,7 @@ def _extract(bundle: Path, dest: Path, limit: int) -> tuple[dict[str, Any], int]
 def _parse_manifest(raw: bytes) -> dict[str, Any]:
     try:
         manifest = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise BundleError(f"the bundle's {MANIFEST} is not JSON", hint=_REFUSE) from exc
     if not isinstance(manifest, dict) or manifest.get("format") not in (1, FORMAT):
         fmt = manifest.get("format") if isinstance(manifest, dict) else "?"
@@ -378,7 +378,7 @@ def _remove_stale_imports(runs_dir: Path) -> None:
 def _read_record(path: Path, run_id: str) -> RunRecord:
     try:
         record = RunRecord.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, StoreError) as exc:
+    except (OSError, ValueError, RecursionError, StoreError) as exc:
         raise BundleError(f"the bundle's run record is unreadable ({exc})") from exc
     if record.run_id != run_id:
         raise BundleError(f"the bundle's record names run {record.run_id}, its manifest {run_id}")
@@ -444,7 +444,7 @@ def check_image_archive(path: Path, image_id: str | None) -> None:
             digest = "sha256:" + hashlib.sha256(tar.extractfile(config).read()).hexdigest()
     except BundleError:
         raise
-    except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
+    except (tarfile.TarError, OSError, ValueError, RecursionError, EOFError) as exc:
         raise BundleError(f"the bundle's image archive is unreadable ({exc})", hint=_REFUSE) from exc
     if digest != image_id:
         raise BundleError(f"the bundle's image is {digest[:19]}, the run used {image_id[:19]}", hint=_REFUSE)

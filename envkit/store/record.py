@@ -30,7 +30,7 @@ from envkit.store.redact import (  # noqa: F401 - REDACTED and redact_environmen
 )
 
 SCHEMA_VERSION = 1
-STATUSES = ("running", "succeeded", "failed", "interrupted", "oom")
+STATUSES = ("running", "succeeded", "failed", "interrupted", "oom", "abandoned")
 RUN_ID_PATTERN = r"[0-9]{8}T[0-9]{9}Z-[0-9a-f]{8}"  # UTC time to the millisecond, then 32 random bits
 RUN_ID_RE = re.compile(RUN_ID_PATTERN)
 
@@ -129,6 +129,10 @@ class RunRecord:
     trace: str = "off"  # step-trace interval: off | auto | N
     memory: str | None = None  # container memory limit
     verdict: dict[str, Any] | None = None  # replays: IDENTICAL / DIVERGED / FAILED and the evidence
+    network: str = "none"  # the container's network: none or bridge
+    user: str | None = None  # uid:gid the job ran as
+    host_pid: int | None = None  # the envkit process that ran it, and that process's start time (clock ticks):
+    host_pid_start: int | None = None  # a `running` record whose process is gone was abandoned
 
     def __post_init__(self) -> None:
         before, command, args = self.environment, self.command, self.args
