@@ -33,7 +33,7 @@ def replay_cmd(
     Exit codes: 0 IDENTICAL, 3 DIVERGED, 4 FAILED; 40 platform refused (see --force), 41 an input changed.
     """
     from envkit.engine import connect
-    from envkit.errors import JobError, PlatformMismatchError
+    from envkit.errors import MountError, PlatformMismatchError
     from envkit.remote import is_reference
     from envkit.replay import replay
     from envkit.run.executor import Sink
@@ -44,8 +44,8 @@ def replay_cmd(
     for m in mount or []:
         dst, sep, src = m.partition("=")
         if not sep or not dst.startswith("/"):
-            raise JobError(f"--mount {m!r} is not DST=SRC", hint="e.g. --mount /data=./data")
-        overrides[dst.rstrip("/")] = Path(src).expanduser().resolve()
+            raise MountError(f"--mount {m!r} is not DST=SRC", hint="e.g. --mount /data=./data")
+        overrides[dst.rstrip("/")] = Path(src).expanduser()
     store = FileStore(store_dir())
     if registry_repo is not None or is_reference(run_id):
         from envkit.cli.remote import fetch_run

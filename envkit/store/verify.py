@@ -56,7 +56,8 @@ def check_record_paths(record: RunRecord) -> None:
                           hint=_HINT)
 
 
-def check_run_files(run: Path, record: RunRecord, verified: Mapping[str, str] | None = None) -> list[str]:
+def check_run_files(run: Path, record: RunRecord, verified: Mapping[str, str] | None = None, *, where: str = "",
+                    hint: str = _HINT) -> list[str]:
     """Check a foreign run folder against its record; return the recorded outputs it does not hold.
 
     Every code file must be there and hash to the record (a link must point where recorded), the git diff too; every
@@ -67,6 +68,8 @@ def check_run_files(run: Path, record: RunRecord, verified: Mapping[str, str] | 
         record: its record (already parsed; its paths are checked here first).
         verified: names mapped to the hex sha256 their bytes were checked against as they were written (a pull's
             streamed blobs): those are not read again.
+        where: said after a file's name in messages (" in the bundle").
+        hint: the hint of every error.
 
     Raises:
         BundleError: naming the first file that is missing, altered or unexpected.
@@ -75,9 +78,9 @@ def check_run_files(run: Path, record: RunRecord, verified: Mapping[str, str] | 
     verified = verified or {}
     for entry in record.code.files:
         if not _matches(run, code_member(entry.path), entry.sha256, entry.link, verified):
-            raise BundleError(f"code file {entry.path} does not match the run record", hint=_HINT)
+            raise BundleError(f"code file {entry.path}{where} does not match the run record", hint=hint)
     if record.code.diff_sha256 is not None and not _matches(run, GIT_DIFF, record.code.diff_sha256, None, verified):
-        raise BundleError(f"{GIT_DIFF} does not match the run record", hint=_HINT)
+        raise BundleError(f"{GIT_DIFF}{where} does not match the run record", hint=hint)
     absent, listed = [], {code_member(e.path) for e in record.code.files}
     for entry in record.outputs:
         name = output_member(entry.path)
@@ -85,10 +88,11 @@ def check_run_files(run: Path, record: RunRecord, verified: Mapping[str, str] | 
         if not os.path.lexists(run / name):
             absent.append(entry.path)
         elif not _matches(run, name, entry.sha256, entry.link, verified):
-            raise BundleError(f"output {entry.path} does not match the run record", hint=_HINT)
+            raise BundleError(f"output {entry.path}{where} does not match the run record", hint=hint)
     for name in tree(run, CODE_DIR) + tree(run, OUTPUT_DIR) + tree(run, WORK_DIR):
         if name not in listed:
-            raise BundleError(f"{name} is not part of run {record.run_id} (its record does not list it)", hint=_HINT)
+            raise BundleError(f"{name}{where} is not part of run {record.run_id} (its record does not list it)",
+                              hint=hint)
     return absent
 
 
