@@ -54,7 +54,7 @@ def on_b(host_b: dict, store: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def host_a_run(base_image, registry, tmp_path_factory):
+def host_a_run(base_image, registry, client, tmp_path_factory):
     """On host A: a project with only envkit.yaml and train.py; `envkit build`, `envkit run --seed 42 train.py`,
     `envkit push`. Returns the project, the run id, the pushed reference and the push's JSON."""
     project = tmp_path_factory.mktemp("mission") / "project"
@@ -89,8 +89,10 @@ def host_a_run(base_image, registry, tmp_path_factory):
     r = cli("push", run_id, repo, cwd=project)  # again: the registry has the image; the same artifact
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == pushed["ref"] and "already in the registry" in r.stderr
-    return {"project": project, "run_id": run_id, "ref": pushed["ref"], "repo": repo, "image_id": image_id,
-            "model": (project / ".envkit" / "runs" / run_id / "work" / "model.json").read_bytes()}
+    yield {"project": project, "run_id": run_id, "ref": pushed["ref"], "repo": repo, "image_id": image_id,
+           "model": (project / ".envkit" / "runs" / run_id / "work" / "model.json").read_bytes()}
+    # The tag `envkit push` put on host A's image for the push: removed (the image keeps its build tag).
+    client.api.remove_image(f"{repo}:image-{image_id.removeprefix('sha256:')[:12]}", noprune=True)
 
 
 def test_host_b_replays_the_pushed_run_identical(host_a_run, host_b, tmp_path):
