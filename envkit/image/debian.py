@@ -4,11 +4,15 @@
   with each .deb's pool path and sha256 from apt's Packages index: the pins a lock records.
 - ``fetch_debs`` brings each pinned .deb into envkit's content-addressed cache from whichever source has it.
 - ``make_rootfs`` runs mmdebstrap again with ``SOURCE_DATE_EPOCH``, from a flat repository holding exactly the pinned
-  .debs (nothing else can slip in, no network is used), and normalises its tarball into a layer
-  (``oci.write_layer_from_tar``). What differs run to run or host to host is left out: apt lists and caches, logs
-  (mmdebstrap's own clean-up), /etc/hostname and /etc/resolv.conf (the engine provides them), /dev's nodes.
+  .debs (nothing else can slip in, no network is used), every pin named (``--variant=essential --include=<all>``:
+  the archive's Priority overrides that minbase reads are not in the .debs), checks dpkg installed exactly the pins,
+  and normalises the tarball into a layer (``oci.write_layer_from_tar``). What differs run to run or host to host is
+  left out: apt lists and caches, logs, ldconfig's cache (mmdebstrap's own clean-up), /etc/hostname and
+  /etc/resolv.conf (the engine provides them), /dev's nodes, the flat repository's mount point.
 
-mmdebstrap is a Debian package (``apt-get install mmdebstrap``) and runs here as root.
+Two runs from separate caches give the same layer byte for byte (the .pyc files Debian's py3compile writes at
+install time included). mmdebstrap is a Debian package (``apt-get install mmdebstrap``) and runs here as root; its
+scratch chroot goes to /dev/shm when there is room (half the time of a slow disk).
 """
 
 from __future__ import annotations
@@ -39,8 +43,17 @@ MMDEBSTRAP_TIMEOUT = 1800
 SCRATCH_TMPFS = Path("/dev/shm")
 SCRATCH_MIN_FREE = 2 * 1024**3  # a python3 minbase chroot takes about 250 MB
 _HOST_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
-__all__ = ["DebPin", "AptSource", "RootfsResult", "host_sources", "resolve_base", "fetch_debs", "make_rootfs",
-           "base_config", "packages_listing"]
+__all__ = [
+    "AptSource",
+    "DebPin",
+    "RootfsResult",
+    "base_config",
+    "fetch_debs",
+    "host_sources",
+    "make_rootfs",
+    "packages_listing",
+    "resolve_base",
+]
 
 
 @dataclass(frozen=True)
@@ -243,7 +256,7 @@ def packages_listing(pins: Sequence[DebPin]) -> str:
 
 
 def make_rootfs(pins: Sequence[DebPin], cache_dir: Path, epoch: int, dest_tar: Path, *, suite: str,
-                packages: Sequence[str] = BASE_PACKAGES, mirrors: Sequence[str] = (), arch: str = "amd64",
+                mirrors: Sequence[str] = (), arch: str = "amd64",
                 step: Callable[[str], None] = lambda _msg: None) -> RootfsResult:
     """Make the Debian root filesystem of exactly these .debs, bit for bit the same on every run and host.
 
@@ -253,7 +266,6 @@ def make_rootfs(pins: Sequence[DebPin], cache_dir: Path, epoch: int, dest_tar: P
         epoch: SOURCE_DATE_EPOCH, for mmdebstrap and for the layer's mtimes.
         dest_tar: the layer file to write.
         suite: the suite the pins came from (for the image's apt sources).
-        packages: what was asked for on top of minbase (apt marks the rest as automatically installed).
         mirrors: mirror URLs to fetch missing .debs from (none: the cache and /var/cache/apt/archives only).
         arch: Debian architecture.
         step: called with a short description as each stage starts (progress).
@@ -323,13 +335,13 @@ def _flat_repo(repo: Path, pins: Sequence[DebPin], debs: Sequence[Path], suite: 
             os.link(deb, repo / name)
         except OSError:  # another filesystem: copy
             shutil.copyfile(deb, repo / name)
-        proc = subprocess.run(["dpkg-deb", "-f", str(deb)], capture_output=True, text=True)
+        proc = subprocess.run(["dpkg-deb", "-f", str(deb)], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise BaseImageError(f"dpkg-deb cannot read {deb}: {proc.stderr.strip()[:200]}")
         stanzas.append(f"{proc.stdout.rstrip()}\nFilename: ./{name}\nSize: {pin.size}\nSHA256: {pin.sha256}\n")
     packages = "\n".join(stanzas).encode()
     (repo / "Packages").write_bytes(packages)
-    # minbase picks Priority:required packages from the archive named like the suite: the Release says which
+    # mmdebstrap takes the Essential:yes set from the archive named like the suite: the Release names it
     arches = " ".join(sorted({p.arch for p in pins}))
     (repo / "Release").write_text(
         f"Suite: {suite}\nCodename: {suite}\nArchitectures: {arches}\nSHA256:\n"
@@ -357,7 +369,7 @@ def _mmdebstrap(args: list[str], env: dict[str, str], what: str) -> None:
         full_env["TMPDIR"] = str(SCRATCH_TMPFS)
     try:
         proc = subprocess.run(["mmdebstrap", "--mode=root", "--quiet", *args], capture_output=True, text=True,
-                              env=full_env, timeout=MMDEBSTRAP_TIMEOUT)
+                              env=full_env, timeout=MMDEBSTRAP_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as exc:
         raise BaseImageError(f"{what}: mmdebstrap ran past {MMDEBSTRAP_TIMEOUT} s") from exc
     if proc.returncode != 0:

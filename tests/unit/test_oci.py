@@ -78,7 +78,7 @@ def test_layer_entries_are_sorted_normalised_and_parents_first(tmp_path):
         assert members["opt/envkit/venv/a-b/hard"].isreg()
         assert members["opt/envkit/venv/b/sub/x.txt"].islnk()
         assert members["opt/envkit/venv/b/sub/x.txt"].linkname == "opt/envkit/venv/a-b/hard"
-        long = [n for n in members if n.endswith(".py")][0]
+        long = next(n for n in members if n.endswith(".py"))
         assert len(long) > 256  # GNU long names: no PAX header needed
         assert tar.extractfile(members[long]).read() == b"print(1)\n"
 
