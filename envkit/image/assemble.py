@@ -85,8 +85,13 @@ def venv_command(python: str, venv: str = IMAGE_VENV, site_files: bool = True) -
     ]
     if site_files:
         lines.append(f"cp -r {SITE_MOUNT}/. {venv}/lib/python{python}/site-packages/")
-    lines.append(f"python3 -c {shlex.quote(_SHARDED_COMPILE)} {venv}/lib {COMPILE_SHARDS}")
+    lines.append(compile_command(venv))
     return ["sh", "-ec", "\n".join(lines)]
+
+
+def compile_command(venv: str = IMAGE_VENV) -> str:
+    """The shell line that writes the venv's hash-based bytecode in ``COMPILE_SHARDS`` fixed shards."""
+    return f"python3 -c {shlex.quote(_SHARDED_COMPILE)} {venv}/lib {COMPILE_SHARDS}"
 
 
 def config_on_base(base: Mapping[str, Any], *, diff_ids: Sequence[str], epoch: int, env: Mapping[str, str],
