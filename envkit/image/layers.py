@@ -77,16 +77,23 @@ def write_layer(src: Path, dest_tar: Path, epoch: int, *, prefix: str = "", owne
         for i in range(1, len(parts)):
             entries.append(_dir_entry("/".join(parts[:i]), 0o755, epoch))
         entries.append(_dir_entry(prefix, root_mode, epoch))
-    first_link: dict[tuple[int, int], str] = {}
+    inodes: dict[str, tuple[int, int]] = {}
     for rel, path, st in _walk(src, prefix, exclude):
-        entry = _from_stat(rel, path, st)
+        entries.append(_from_stat(rel, path, st))
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            if key in first_link:
-                entry.info.type, entry.info.linkname, entry.info.size, entry.data = tarfile.LNKTYPE, first_link[key], 0, None
-            else:
-                first_link[key] = rel
-        entries.append(entry)
+            inodes[rel] = (st.st_dev, st.st_ino)
+    # Hard links: the first name in layer order carries the data, later names link to it.
+    entries.sort(key=lambda e: _sort_key(e.name))
+    first_name: dict[tuple[int, int], str] = {}
+    for entry in entries:
+        key = inodes.get(entry.name)
+        if key is None:
+            continue
+        if key in first_name:
+            entry.info.type, entry.info.linkname, entry.info.size = tarfile.LNKTYPE, first_name[key], 0
+            entry.data = None
+        else:
+            first_name[key] = entry.name
     for entry in entries:
         _normalise(entry.info, epoch, owner)
     return _write_entries(entries, dest_tar, opener=lambda p: open(p, "rb"))
@@ -132,7 +139,7 @@ def write_layer_from_tar(src_tar: Path, dest_tar: Path, epoch: int, *, owner: tu
 
 
 def _walk(root: Path, prefix: str, exclude: Collection[str]) -> Iterator[tuple[str, Path, os.stat_result]]:
-    """Every path under root, depth first in name order, with its name in the layer and its lstat."""
+    """Every path under root (in no useful order: the caller sorts), with its name in the layer and its lstat."""
     stack = [(root, prefix)]
     while stack:
         folder, rel_folder = stack.pop()
@@ -263,7 +270,7 @@ def _excluded(name: str, patterns: Collection[str]) -> bool:
 
 def _safe_name(raw: str, src: Path) -> str:
     """A member name made relative (``./etc`` -> ``etc``); absolute names and ``..`` are refused."""
-    if raw.startswith("/") or "\0" in raw:
+    if raw.startswith("/"):
         raise ImageArchiveError(f"{src}: entry {raw!r} has an absolute name; a layer holds only relative paths",
                                 hint="the tarball is damaged or hostile; make it again")
     parts = [p for p in raw.split("/") if p not in ("", ".")]
@@ -274,8 +281,7 @@ def _safe_name(raw: str, src: Path) -> str:
 
 
 def _clean_prefix(prefix: str) -> str:
-    cleaned = _safe_name(prefix.strip("/"), Path("prefix")) if prefix else ""
-    return cleaned
+    return _safe_name(prefix.strip("/"), Path("prefix")) if prefix else ""
 
 
 class _HashingWriter:

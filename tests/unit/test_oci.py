@@ -83,6 +83,22 @@ def test_layer_entries_are_sorted_normalised_and_parents_first(tmp_path):
         assert tar.extractfile(members[long]).read() == b"print(1)\n"
 
 
+def test_a_hard_link_never_points_to_a_later_entry(tmp_path):
+    src = tmp_path / "src"
+    (src / "z" / "deep").mkdir(parents=True)
+    (src / "zz").write_text("same inode")  # met first by a walk, but after z/deep/file in layer order
+    os.link(src / "zz", src / "z" / "deep" / "file")
+    layer = oci.write_layer(src, tmp_path / "l.tar", EPOCH)
+    with tarfile.open(layer.path) as tar:
+        members = {m.name: m for m in tar}
+        assert members["z/deep/file"].isreg() and members["zz"].islnk()
+        assert members["zz"].linkname == "z/deep/file"
+    out = tmp_path / "out"
+    with tarfile.open(layer.path) as tar:
+        tar.extractall(out, filter="data")
+    assert (out / "zz").read_text() == "same inode"
+
+
 def test_mtimes_older_than_the_epoch_are_kept(tmp_path):
     src = make_tree(tmp_path / "src", EPOCH - 1000)
     layer = oci.write_layer(src, tmp_path / "l.tar", EPOCH)
