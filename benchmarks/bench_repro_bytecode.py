@@ -59,6 +59,7 @@ def main() -> None:
         for wheel in ensure_wheels(lock.packages, cache_dir() / "wheels"):
             shutil.copyfile(wheel, ctx / "wheels" / wheel.name)
         for name, data in in_image_files().items():
+            (ctx / "site" / name).parent.mkdir(parents=True, exist_ok=True)
             (ctx / "site" / name).write_bytes(data)
         (ctx / "requirements.lock.txt").write_text(render_requirements(lock))
         installed = work / "installed"

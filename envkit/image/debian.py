@@ -281,7 +281,9 @@ def make_rootfs(pins: Sequence[DebPin], cache_dir: Path, epoch: int, dest_tar: P
     step(f"checking {len(pins)} pinned .debs")
     debs = fetch_debs(pins, cache_dir, mirrors)
     listing = packages_listing(pins)
-    with tempfile.TemporaryDirectory(prefix="envkit-rootfs-") as tmp:
+    # Under /tmp whatever TMPDIR says: the automount hook mirrors the repository's path inside the chroot, and only
+    # /tmp/<name>/repo can be removed again without leaving a host-specific folder in the image.
+    with tempfile.TemporaryDirectory(prefix="envkit-rootfs-", dir="/tmp") as tmp:
         work = Path(tmp)
         repo = _flat_repo(work / "repo", pins, debs, suite)
         (work / "listing").write_text(listing)

@@ -21,6 +21,7 @@ from envkit.image import assemble, debian, oci
 from envkit.image.render import image_env, in_image_files, render_requirements
 from envkit.image.wheels import ensure_wheels
 from envkit.lock.model import load_lockfile
+from envkit.settings import IN_IMAGE_PACKAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCH = 1_700_000_000
@@ -140,7 +141,8 @@ def build_on(engine: str | None, rootfs: debian.RootfsResult, cache: Path, work:
     (ctx / "site").mkdir()
     for wheel in wheels:
         os.link(wheel, ctx / "wheels" / wheel.name)
-    for file_name, data in in_image_files().items():
+    for file_name, data in in_image_files().items():  # the bootstrap: a package and its .pth hook
+        (ctx / "site" / file_name).parent.mkdir(parents=True, exist_ok=True)
         (ctx / "site" / file_name).write_bytes(data)
     (ctx / "requirements.lock.txt").write_text(render_requirements(lock))
     venv = work / f"{name}-venv"
@@ -160,7 +162,7 @@ def build_on(engine: str | None, rootfs: debian.RootfsResult, cache: Path, work:
     loaded, load_seconds = load(work / f"{name}-image.tar", host=engine)
     try:  # it runs, right away (other sessions' clean-ups remove test-labelled images from a shared engine)
         torch = docker("run", "--rm", "--network", "none", "--label", f"{TEST_LABEL}=1", loaded, "python", "-c",
-                       "import torch, numpy, sklearn, envkit_bootstrap; print(torch.__version__)", host=engine)
+                       f"import torch, numpy, sklearn, {IN_IMAGE_PACKAGE}; print(torch.__version__)", host=engine)
     finally:
         docker("rmi", "-f", base_id, loaded, host=engine)
     return {"expected": image.image_id, "loaded": loaded, "venv_layer": image.venv_layer.diff_id,
