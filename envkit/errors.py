@@ -131,6 +131,12 @@ class BaseImageError(EnvkitError):
     exit_code = 25
 
 
+class ImageArchiveError(EnvkitError):
+    """A layer source or image archive is malformed or unsafe (absolute names, '..', stray links, device nodes)."""
+
+    exit_code = 27
+
+
 # --- runs and the store ------------------------------------------------------------------------------------------
 class ScriptNotFoundError(EnvkitError):
     """The script given to `envkit run` does not exist."""
