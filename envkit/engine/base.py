@@ -16,7 +16,7 @@ cannot be created or started (with the engine's reason and a hint).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,8 +143,8 @@ class Engine(abc.ABC):
         event (``{"stream": ...}``, ``{"aux": ...}``). Raises BuildError with the engine's message."""
 
     @abc.abstractmethod
-    def load(self, tar: Path) -> list[str]:
-        """Load a ``docker save`` archive; the IDs of the images it held."""
+    def load(self, tar: Path | Iterable[bytes]) -> list[str]:
+        """Load a ``docker save`` archive, from a file or streamed as chunks; the IDs of the images it held."""
 
     @abc.abstractmethod
     def save(self, image_id: str) -> Iterator[bytes]:

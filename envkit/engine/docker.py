@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,7 +140,10 @@ class DockerEngine(Engine):
             image_id = self.image(tag).id
         return image_id
 
-    def load(self, tar: Path) -> list[str]:
+    def load(self, tar: Path | Iterable[bytes]) -> list[str]:
+        if not isinstance(tar, (str, Path)):  # chunks: sent as a chunked upload, never written to disk here
+            with translated("loading an image archive"):
+                return [img.id for img in self.client.images.load(tar)]
         with translated("loading an image archive"), open(tar, "rb") as fh:
             return [img.id for img in self.client.images.load(fh)]
 

@@ -34,6 +34,9 @@ WHEELS_MOUNT = "/tmp/envkit/wheels"
 REQUIREMENTS_MOUNT = "/tmp/envkit/requirements.lock.txt"
 SITE_MOUNT = "/tmp/envkit/site"
 COMPILE_SHARDS = 8  # fixed: the shards, not the host's cores, decide what each process compiles
+# Bumped whenever what assemble writes changes in a way the text of venv_command does not show (layer format,
+# config fields): part of every image's build key and of the recipe a lock's expected image IDs were pinned with.
+RECIPE_VERSION = 1
 
 # Runs under the base's python3 in the install container: standard library only.
 _SHARDED_COMPILE = """
@@ -87,6 +90,12 @@ def venv_command(python: str, venv: str = IMAGE_VENV, site_files: bool = True) -
         lines.append(f"cp -r {SITE_MOUNT}/. {venv}/lib/python{python}/site-packages/")
     lines.append(compile_command(venv))
     return ["sh", "-ec", "\n".join(lines)]
+
+
+def recipe_text(python: str) -> str:
+    """Everything of the assembly recipe that decides the image's bytes, as text (hashed into build keys)."""
+    return "\n".join([f"recipe {RECIPE_VERSION}", f"venv {IMAGE_VENV}", f"workdir {CONTAINER_WORKDIR}", "cmd python",
+                      *venv_command(python)])
 
 
 def compile_command(venv: str = IMAGE_VENV) -> str:

@@ -16,35 +16,16 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from envkit.errors import FetchError, HashMismatchError
 from envkit.hashing import CHUNK, sha256_file
+from envkit.lock.debian import deb_cache_path
+from envkit.lock.model import DebPin
 
 APT_ARCHIVES = Path("/var/cache/apt/archives")
 FETCH_TIMEOUT = 60
 FETCH_THREADS = 4  # a few connections at once: a base is ~130 small files, latency bound
-
-
-@dataclass(frozen=True)
-class DebPin:
-    """One .deb by content: what a lock records for each package of a Debian base."""
-
-    name: str
-    version: str
-    arch: str
-    filename: str  # the pool path, relative to a mirror's root: pool/main/p/python3.11/...
-    sha256: str
-    size: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} {self.version} ({self.arch})"
-
-
-def deb_cache_path(cache_dir: Path, pin: DebPin) -> Path:
-    return cache_dir / "debs" / "sha256" / pin.sha256[:2] / pin.sha256 / Path(pin.filename).name
 
 
 def fetch_debs(pins: Sequence[DebPin], cache_dir: Path, mirrors: Sequence[str] = (),

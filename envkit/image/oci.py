@@ -12,7 +12,8 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,8 @@ from envkit.image.layers import (
 __all__ = [
     "DockerArchive",
     "LayerBlob",
+    "archive_chunks",
+    "present_layer",
     "canonical_json",
     "history_entry",
     "image_config",
@@ -140,10 +143,14 @@ def image_id(config_bytes: bytes) -> str:
 
 # --- docker archives ----------------------------------------------------------------------------------------------
 def write_docker_archive(dest: Path | BinaryIO, config_bytes: bytes, layers: Sequence[LayerBlob],
-                         repo_tags: Sequence[str] | None = None, epoch: int = 0) -> str:
+                         repo_tags: Sequence[str] | None = None, epoch: int = 0, omit: int = 0) -> str:
     """Write a ``docker load``-able archive (uncompressed, the same bytes for the same inputs).
 
     Layout: ``<config sha256>.json``, ``<diff_id hex>/layer.tar`` per layer, ``manifest.json``.
+
+    ``docker load`` reads a layer's file only when the engine lacks that layer on top of the ones below it (Moby's
+    ``tarexporter.Load`` looks the chain ID up first), so the first ``omit`` layers, which the engine has (the base
+    of an image whose venv was just installed on it), are named in the manifest but not written.
 
     Args:
         dest: a file path, or a binary stream (e.g. the stdin of ``docker load``; nothing is sought).
@@ -151,6 +158,7 @@ def write_docker_archive(dest: Path | BinaryIO, config_bytes: bytes, layers: Seq
         layers: bottom first; their diff_ids must be the config's.
         repo_tags: names ``docker load`` tags the image with.
         epoch: the mtime of the archive's own entries.
+        omit: how many of the bottom layers to leave out (the engine has them, in this order).
 
     Returns:
         The image ID ``docker load`` gives the image.
@@ -166,20 +174,55 @@ def write_docker_archive(dest: Path | BinaryIO, config_bytes: bytes, layers: Seq
     manifest = [{"Config": config_name, "RepoTags": list(repo_tags or []), "Layers": layer_names}]
     if isinstance(dest, (str, Path)):
         with open(dest, "wb") as fh:
-            _write_archive(fh, config_name, config_bytes, layers, layer_names, manifest, epoch)
+            _write_archive(fh, config_name, config_bytes, layers, layer_names, manifest, epoch, omit)
     else:
-        _write_archive(dest, config_name, config_bytes, layers, layer_names, manifest, epoch)
+        _write_archive(dest, config_name, config_bytes, layers, layer_names, manifest, epoch, omit)
     return image_id(config_bytes)
 
 
+def present_layer(diff_id: str) -> LayerBlob:
+    """A layer the engine has: named in an archive's manifest and config, never read (``omit`` it)."""
+    return LayerBlob(diff_id=diff_id, path=Path(os.devnull))
+
+
+def archive_chunks(config_bytes: bytes, layers: Sequence[LayerBlob], epoch: int = 0, omit: int = 0,
+                   tags: Sequence[str] = (), chunk_size: int = COPY_BUFSIZE) -> Iterator[bytes]:
+    """The bytes of :func:`write_docker_archive` as they are written, for streaming into ``docker load`` (no
+    archive file on disk: a writer thread feeds a pipe).
+
+    Raises:
+        ImageArchiveError: as write_docker_archive (raised from the iterator, once the writer stopped).
+    """
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with os.fdopen(write_fd, "wb", buffering=chunk_size) as out:
+                write_docker_archive(out, config_bytes, layers, repo_tags=tags, epoch=epoch, omit=omit)
+        except BrokenPipeError:  # the reader stopped early (the engine refused): its error is the one to report
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading side
+            failure.append(exc)
+
+    thread = threading.Thread(target=writer, name="envkit-archive-writer", daemon=True)
+    thread.start()
+    with os.fdopen(read_fd, "rb", buffering=0) as src:
+        while chunk := src.read(chunk_size):
+            yield chunk
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
 def _write_archive(fh: BinaryIO, config_name: str, config_bytes: bytes, layers: Sequence[LayerBlob],
-                   layer_names: list[str], manifest: list, epoch: int) -> None:
+                   layer_names: list[str], manifest: list, epoch: int, omit: int = 0) -> None:
     # Mode "w" on a position-counting wrapper writes straight through; stream mode ("w|") re-buffers in 10 KiB
     # slices and copies a 1 GB layer several times over.
     with tarfile.open(fileobj=_HashingWriter(fh, hashing=False), mode="w", format=LAYER_FORMAT, encoding=ENCODING,
                       copybufsize=COPY_BUFSIZE) as tar:
         _add_bytes(tar, config_name, config_bytes, epoch)
-        written: set[str] = set()
+        written: set[str] = set(layer_names[:omit])
         for layer, name in zip(layers, layer_names):
             if name in written:  # the same layer twice in one image: one copy, named twice in the manifest
                 continue

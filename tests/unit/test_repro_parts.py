@@ -10,7 +10,10 @@ import pytest
 
 from envkit.errors import FetchError, HashMismatchError
 from envkit.image import assemble, debian, oci
-from envkit.image.debfetch import DebPin, deb_cache_path, fetch_debs
+from envkit.image.debfetch import fetch_debs
+from envkit.lock import debian as lock_debian
+from envkit.lock.debian import deb_cache_path
+from envkit.lock.model import DebPin
 
 EPOCH = 1_700_000_000
 
@@ -26,7 +29,7 @@ def test_host_sources_follow_the_hosts_mirrors_for_another_suite(tmp_path):
         "Types: deb\nEnabled: no\nURIs: http://off.example/debian\nSuites: bookworm\nComponents: main\n")
     (apt / "extra.list").write_text("deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian/ bookworm main\n"
                                     "deb http://other.example/x stable contrib\n")
-    sources = debian.host_sources("trixie", root=tmp_path)
+    sources = lock_debian.host_sources("trixie", root=tmp_path)
     assert [(s.uri, s.suite) for s in sources] == [
         ("http://deb.debian.org/debian", "trixie"), ("http://deb.debian.org/debian", "trixie-updates"),
         ("http://deb.debian.org/debian-security", "trixie-security"), ("http://mirror.example/debian", "trixie")]
@@ -39,9 +42,9 @@ def test_packages_index_and_dpkg_status_give_pins(tmp_path):
         "Filename: pool/main/b/bash/bash_5.2.15-2+b2_amd64.deb\nSize: 1500\nSHA256: " + "a" * 64 + "\n\n"
         "Package: bash\nVersion: 5.2.15-2+b1\nArchitecture: amd64\nFilename: pool/old.deb\nSize: 1\n"
         "SHA256: " + "b" * 64 + "\n")
-    status = debian._read_status("bash\t5.2.15-2+b2\tamd64\tii \nremoved\t1\tamd64\trc \n")
+    status = lock_debian.read_status("bash\t5.2.15-2+b2\tamd64\tii \nremoved\t1\tamd64\trc \n")
     assert status == [("bash", "5.2.15-2+b2", "amd64")]
-    found = debian._index([tmp_path / "main_Packages"], set(status))
+    found = lock_debian._index([tmp_path / "main_Packages"], set(status))
     assert found[status[0]] == DebPin("bash", "5.2.15-2+b2", "amd64", "pool/main/b/bash/bash_5.2.15-2+b2_amd64.deb",
                                       "a" * 64, 1500)
     listing = debian.packages_listing([found[status[0]], DebPin("adduser", "3.134", "all", "p", "c" * 64, 1)])
