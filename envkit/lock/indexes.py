@@ -75,7 +75,7 @@ def find_in_page(page_url: str, filename: str) -> Found | None:
 def _find(page: str, filename: str, json_ok: bool) -> Found | None:
     request = urllib.request.Request(page, headers={"Accept": _ACCEPT if json_ok else "text/html"})
     try:
-        with urllib.request.urlopen(request, timeout=LOOKUP_TIMEOUT) as resp:  # noqa: S310 - http(s) only
+        with urllib.request.urlopen(request, timeout=LOOKUP_TIMEOUT) as resp:
             kind = resp.headers.get("Content-Type", "")
             body = resp.read(64 * 1024 * 1024)
             final = resp.geturl()

@@ -58,27 +58,26 @@ def publish_urls(pins: list[PinnedPackage], lookup: Callable[[PinnedPackage], st
         return public_url(pin.name, pin.version, pin.filename, pin.sha256)
 
     lookup = lookup or default
-    local = [p for p in pins if p.url and local_path(p.url) is not None]
+    local = [i for i, p in enumerate(pins) if p.url and local_path(p.url) is not None]
     notes: list[str] = []
-    found: dict[str, str | None] = {}
+    found: dict[int, str | None] = {}
 
-    def one(pin: PinnedPackage) -> None:
+    def one(i: int) -> None:
         try:
-            found[pin.filename] = lookup(pin)
+            found[i] = lookup(pins[i])
         except FetchError as exc:
-            found[pin.filename] = None
-            notes.append(f"no public URL looked up for {pin.filename} ({exc.message})")
+            found[i] = None
+            notes.append(f"no public URL looked up for {pins[i].filename} ({exc.message})")
 
     with ThreadPoolExecutor(LOOKUP_THREADS) as pool:
         list(pool.map(one, local))
     out = []
-    for pin in pins:
-        if pin in local:
-            url = found.get(pin.filename)
-            if url is None:
+    for i, pin in enumerate(pins):
+        if i in found:
+            if found[i] is None:
                 notes.append(f"{pin.filename} has no public URL: a build elsewhere finds it by name and sha256 in "
                              "its own pip configuration")
-            out.append(replace(pin, url=url))
+            out.append(replace(pin, url=found[i]))
         else:
             out.append(replace(pin, url=strip_credentials(pin.url) if pin.url else None))
     return out, sorted(set(notes))

@@ -42,7 +42,7 @@ def read_yaml(path: Path, error: type[EnvkitError], what: str, missing_hint: str
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     try:
-        return yaml.load(text, Loader=_loader(text))  # noqa: S506 - a safe loader, C or Python
+        return yaml.load(text, Loader=_loader(text))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -14,7 +14,7 @@ import pytest
 
 from envkit.errors import JobError
 
-from .conftest import BASE_TAG, envkit
+from .conftest import envkit
 
 pytestmark = pytest.mark.docker
 
@@ -50,10 +50,11 @@ def test_host_network_is_refused(tmp_path, tiny_image):
 
 @pytest.mark.parametrize(("args", "words"), [
     (["--memory", "lots"], "memory"),  # the engine refuses the container
-    (["--image", BASE_TAG], "executable file not found"),  # no `python` in a bare base: refused at start
+    (["--image", "DEBIAN_BASE"], "executable file not found"),  # no `python` in a bare base: refused at start
 ])
-def test_a_container_that_cannot_run_ends_its_record_as_failed(tmp_path, tiny_image, base_image, args, words):
+def test_a_container_that_cannot_run_ends_its_record_as_failed(tmp_path, tiny_image, debian_base, args, words):
     (tmp_path / "ok.py").write_text("print('ok')\n")
+    args = [debian_base if a == "DEBIAN_BASE" else a for a in args]
     image_args = [] if "--image" in args else ["--image", tiny_image]
     r = envkit("run", "--seed", "1", *image_args, *args, "ok.py", cwd=tmp_path)
     assert r.returncode == JobError.exit_code, r.stderr

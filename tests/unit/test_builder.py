@@ -175,3 +175,25 @@ def test_the_build_map_is_envkits_own(tmp_path):
     entry = json.loads((tmp_path / "cache" / "builds" / f"{result.build_key}.json").read_text())
     assert entry["image_id"] == result.image_id and entry["venv_layer"] == result.venv_layer
     assert builder.find_cached(engine, result.build_key) == result.image_id
+
+
+def test_replay_rebuild_says_the_rebuilt_image_is_the_recorded_one(tmp_path):
+    from envkit.replay import replay
+    from envkit.run.executor import Sink
+    from envkit.run.runner import RunRequest, run
+    from envkit.store.filestore import FileStore
+
+    engine, store = FakeEngine(), FileStore(tmp_path / "store")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("pass\n")
+    path = tmp_path / "tiny.lock.yaml"
+    write_lockfile(lock_on(tmp_path, local_base(engine)), path)
+    original = run(engine, store, RunRequest(script="train.py", seed=1, lock=path, project=project, trace="off"),
+                   sink=Sink(None, None))
+    del engine.images[original.image.id]  # the image is gone from this engine
+    result = replay(engine, store, original.run_id, rebuild=True, sink=Sink(None, None))
+    assert result.verdict.kind == "IDENTICAL"
+    assert result.verdict.image == {"recorded": original.image.id, "rebuilt": original.image.id, "same": True}
+    assert store.read(result.run_id).verdict["image"]["same"] is True
+    assert "is the recorded image (the replay ran on it)" in result.notes[0]

@@ -68,3 +68,13 @@ def test_bootstrap_files_go_into_every_image(lock):
     files = plan_build(lock).site_files
     assert "envkit-bootstrap.pth" in files and "envkit_injob/bootstrap.py" in files
     assert "envkit_injob/trace.py" in files and "envkit_injob/portable_ops.py" in files
+
+
+def test_the_committed_cpu_lock_was_pinned_with_this_envkits_recipe():
+    """The lock's expected image IDs hold for the in-image files, version and assembly recipe they were built with:
+    when one of those changes, the IDs must be recorded again (the integration tests then check the IDs built)."""
+    cpu = load_lockfile(LOCKS / "cpu.lock.yaml")
+    if cpu.image_parts is None or cpu.image_parts.recipe != recipe_hash(cpu):
+        pytest.fail("lockfiles/cpu.lock.yaml's image IDs were pinned with another envkit recipe (in-image files, "
+                    "version or assembly changed): run `envkit build lockfiles/cpu.lock.yaml --pin` and commit "
+                    "the lock", pytrace=False)
