@@ -258,7 +258,8 @@ def replay_job(record: RunRecord, layout: RunLayout, image_id: str, mismatch: bo
         image_ref=record.image.ref, image_digests=record_digests(record), seed=int(record.seed or 0),
         determinism=record.determinism, threads=record.threads, cpu_profile=record.cpu_profile, mounts=list(mounts or []),
         trace=record.trace, lock=record.lock, command=[], replay_of=record.run_id, platform_mismatch=mismatch,
-        expected_inputs=list(record.inputs), code_source=layout.code, argv=list(record.argv) or None,
+        expected_inputs=list(record.inputs), code_source=layout.code,
+        argv=list(record.argv) if record.script is None and record.argv else None,
         extra_env=user_environment(record), memory=record.memory, network=record.network,
         lock_text=layout.lock.read_text() if layout.lock.is_file() else None,
     )

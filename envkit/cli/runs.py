@@ -121,11 +121,10 @@ def render_record(record: RunRecord, layout: RunLayout) -> str:
             git = f", git {code.git_commit[:12]}" + (" with uncommitted changes" if code.git_dirty else "")
         row("code", f"{len(code.files)} files, sha256 {code.sha256[:12]}{git}")
     row("inputs", _files(record.inputs))
+    row("upstream", ", ".join(dict.fromkeys(link.run_id for link in record.upstream)))
     for link in record.upstream:
-        lines.append(f"    from run {printable(link.run_id)}: {printable(link.path)} at {printable(link.target)} "
+        lines.append(f"    {printable(link.path)} of run {printable(link.run_id)} at {printable(link.target)} "
                      f"({size(link.size)}, {printable(link.sha256[:12])})")
-    if record.upstream:
-        row("upstream", ", ".join(dict.fromkeys(link.run_id for link in record.upstream)))
     row("outputs", _files(record.outputs))
     for entry in record.outputs[:20]:
         lines.append(f"    {printable(entry.path)} ({size(entry.size)}, {printable(entry.sha256[:12])})")

@@ -52,6 +52,7 @@ from envkit.settings import (
     ENV_THREADS,
     ENV_TRACE,
     ENV_TRACE_FILE,
+    JOB_HOSTNAME,
     JOB_UID,
     LABEL_RUN,
     PIDS_LIMIT,
@@ -240,7 +241,7 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
                 Mount(layout.output, CONTAINER_OUTPUT, read_only=False),
                 *[Mount(m.source, m.target, read_only=True) for m in input_mounts]],
         user=user, network=job.network, labels={LABEL_RUN: run_id}, gpus=gpu_request(job.gpus), memory=job.memory,
-        cap_drop=("ALL",), security_opt=("no-new-privileges",), pids_limit=PIDS_LIMIT,
+        cap_drop=("ALL",), security_opt=("no-new-privileges",), pids_limit=PIDS_LIMIT, hostname=JOB_HOSTNAME,
     )
     status, exit_code, failure = "failed", None, None
     t_run = time.monotonic()

@@ -89,6 +89,19 @@ def test_a_script_run_records_python_script_args(project, store):
     record = go(engine, store, project, engine.add_image("img", torchrun_like), script="train.py", args=["-e", "1"])
     assert record.argv == ["python", "train.py", "-e", "1"] and record.script == "train.py"
     assert record.job_argv == record.argv
+    replayed = replay(engine, store, record.run_id, sink=QUIET).record
+    assert (replayed.script, replayed.args, replayed.argv) == ("train.py", ["-e", "1"], record.argv)
+
+
+def test_the_job_has_a_fixed_hostname_that_resolves_without_a_network(project, store):
+    """torchrun --standalone looks its hostname up; Docker's random one is unknown in a container with no network."""
+    from envkit.engine.docker import DockerEngine
+
+    engine = FakeEngine()
+    go(engine, store, project, engine.add_image("img"), script="train.py")
+    spec = next(arg for call, arg in engine.calls if call == "create")
+    kwargs = DockerEngine._create_kwargs(None, spec)  # noqa: SLF001 - the SDK arguments, without an engine
+    assert kwargs["hostname"] == "envkit-job" and kwargs["extra_hosts"] == {"envkit-job": "127.0.0.1"}
 
 
 def test_an_empty_command_is_refused(project, store):
