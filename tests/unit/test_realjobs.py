@@ -100,7 +100,7 @@ def test_the_job_has_a_fixed_hostname_that_resolves_without_a_network(project, s
     engine = FakeEngine()
     go(engine, store, project, engine.add_image("img"), script="train.py")
     spec = next(arg for call, arg in engine.calls if call == "create")
-    kwargs = DockerEngine._create_kwargs(None, spec)  # noqa: SLF001 - the SDK arguments, without an engine
+    kwargs = DockerEngine._create_kwargs(None, spec)  # the SDK arguments, without an engine
     assert kwargs["hostname"] == "envkit-job" and kwargs["extra_hosts"] == {"envkit-job": "127.0.0.1"}
 
 
