@@ -74,7 +74,7 @@ class ProjectConfigError(EnvkitError):
     """The project's configuration ([tool.envkit] in pyproject.toml, or envkit.toml) is malformed."""
 
     exit_code = 17
-    default_hint = "see README.md, 'Project configuration'"
+    default_hint = "see docs/realjobs.md, 'Project configuration'"
 
 
 class CpuProfileError(EnvkitError):
