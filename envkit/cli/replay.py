@@ -1,4 +1,5 @@
-"""`envkit replay RUN_ID`: platform check, the same image, the same inputs, a bitwise verdict."""
+"""`envkit replay RUN_ID | REGISTRY/REPO@sha256:...`: platform check, the same image, the same inputs, a bitwise
+verdict. A run from a registry is fetched and checked first (envkit.remote.fetch)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from envkit.cli._options import complete_run_id
 
 @app.command("replay")
 def replay_cmd(
-    run_id: str = typer.Argument(..., help="The run to replay: an id, a unique prefix of one, or `last`.",
+    run_id: str = typer.Argument(..., metavar="RUN_ID|REF",
+                                 help="The run to replay: a run id (see `envkit runs`), a unique prefix of one, "
+                                      "`last`, or REGISTRY/REPO@sha256:... as `envkit push` printed it.",
                                  autocompletion=complete_run_id),
+    registry_repo: str = typer.Option(None, "--from", metavar="REGISTRY/REPO",
+                                      help="Fetch RUN_ID from this registry first (as `envkit pull` does)."),
     force: bool = typer.Option(False, "--force", help="Replay on a platform that differs in numerics; marked so."),
     rebuild: bool = typer.Option(False, "--rebuild",
                                  help="If the image cannot be had, rebuild it from the recorded lockfile "
@@ -28,7 +33,10 @@ def replay_cmd(
                                        "this run on their replays' outputs."),
     json_out: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
 ) -> None:
-    """Replay RUN_ID on this host and say whether every output is bitwise identical.
+    """Replay a run on this host and say whether every output is bitwise identical.
+
+    A run from a registry (REGISTRY/REPO@sha256:..., or RUN_ID --from REGISTRY/REPO) is fetched first: every file
+    checked against its record, the image pulled by its recorded digest, the platform checked.
 
     A run that wrote no output file is judged on its stdout. Exit codes: 0 IDENTICAL, 3 DIVERGED, 4 FAILED,
     5 UNVERIFIED (nothing to compare); 40 platform refused (see --force), 41 an input changed.
@@ -37,6 +45,7 @@ def replay_cmd(
     from envkit.engine import connect
     from envkit.errors import MountError, PlatformMismatchError
     from envkit.lineage import replay_chain
+    from envkit.remote import is_reference
     from envkit.replay import replay
     from envkit.run.executor import Sink
     from envkit.settings import store_dir
@@ -49,7 +58,12 @@ def replay_cmd(
             raise MountError(f"--mount {m!r} is not DST=SRC", hint="e.g. --mount /data=./data")
         overrides[dst.rstrip("/")] = Path(src).expanduser()
     store = FileStore(store_dir())
-    run_id = store.resolve(run_id)
+    if registry_repo is not None or is_reference(run_id):
+        from envkit.cli.remote import fetch_run
+
+        run_id = fetch_run(store, run_id, registry_repo, quiet=json_out).run_id
+    else:
+        run_id = store.resolve(run_id)
     store.read(run_id)  # an unknown run is reported before the engine is asked for anything
     patterns = verdict_patterns(list(ignore_lines or []))
     progress = LiveProgress(enabled=not json_out and err_console.is_terminal)

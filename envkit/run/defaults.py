@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from envkit import stdoutcompare  # noqa: F401 - registers its configuration key (ignore_lines) before any load
 from envkit.errors import ProjectConfigError
 from envkit.project import ProjectConfig, load_config
 from envkit.settings import (
@@ -29,8 +28,8 @@ RESERVED_ENV = ("PYTHONHASHSEED",)  # and every ENVKIT_* name: envkit sets them 
 
 
 def project_config(folder: Path | None = None) -> ProjectConfig:
-    """The project's configuration, found upward from ``folder`` (default: the current folder), with every
-    configuration key envkit's parts own registered.
+    """The project's configuration, found upward from ``folder`` (default: the current folder); the keys other
+    parts of envkit own are registered by importing :mod:`envkit.run`.
 
     Raises:
         ProjectConfigError: malformed configuration.
