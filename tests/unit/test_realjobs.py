@@ -84,6 +84,18 @@ def test_replay_runs_the_same_command(project, store):
     assert commands == [["python", "-m", "pkg.train"]] * 2 and result.verdict.kind == "IDENTICAL"
 
 
+def test_diff_names_another_command_and_world_size(project, store):
+    from envkit.diff import record_differences
+
+    engine = FakeEngine()
+    image = engine.add_image("img", torchrun_like)
+    a = go(engine, store, project, image, argv=["torchrun", "--nproc-per-node", "2", "train.py"])
+    b = go(engine, store, project, image, argv=["torchrun", "--nproc-per-node", "4", "train.py"])
+    b.world_size = 4
+    found = {(d.kind, d.name): d for d in record_differences(a, b)}
+    assert found[("command", "command")].changes_numerics and found[("command", "world size")].changes_numerics
+
+
 def test_a_script_run_records_python_script_args(project, store):
     engine = FakeEngine()
     record = go(engine, store, project, engine.add_image("img", torchrun_like), script="train.py", args=["-e", "1"])
