@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envkit import cpuprofile
+from envkit import _forward_calls, cpuprofile
 from envkit.engine import Engine, Mount
 from envkit.errors import (
     EXIT_DIVERGED,
@@ -339,3 +339,6 @@ def _trace_divergence(a_dir: Path, b_dir: Path) -> dict[str, Any] | None:
         return first_divergence_in_runs(a_dir, b_dir)
     except TraceError as exc:  # a trace problem must not hide the file-level verdict
         return {"error": exc.message}
+
+
+_forward_calls(__name__)  # `envkit.replay(...)` stays the API's function once this module is loaded

@@ -308,3 +308,29 @@ def test_ignore_lines_from_the_configuration_and_the_command_line(cli, project, 
     assert "is not a regular expression" in capsys.readouterr().err
     (project / "envkit.toml").unlink()
     assert main(["replay", "--ignore-lines", "(", run_id]) == 2
+
+
+def test_the_python_api_runs_a_command_takes_inputs_and_replays_upstream(cli, project, tmp_path):
+    import envkit
+
+    engine, _main = cli
+
+    def job(ctx: JobContext) -> Outcome:
+        if ctx.spec.command[:3] == ["python", "-m", "pkg.train"]:
+            ctx.path("/work/model.bin").write_bytes(b"weights")
+        else:
+            ctx.path("/work/score.txt").write_bytes(ctx.path("/work/model.bin").read_bytes()[:3])
+        return Outcome(0)
+
+    image = engine.add_image("img", job)
+    first = envkit.run(command=["python", "-m", "pkg.train"], seed=1, image=image)
+    assert first.ok and first.record.argv == ["python", "-m", "pkg.train"] and first.record.script is None
+    second = envkit.run("train.py", seed=1, image=image, inputs=["last:model.bin"])  # a second call works too
+    assert [u.run_id for u in second.record.upstream] == [first.id]
+    replayed = envkit.replay(second.id[:17], upstream=True)
+    assert replayed.verdict == "IDENTICAL" and replayed.of == second.id
+    assert envkit.show("last").replay_of == second.id
+    with pytest.raises(TypeError):
+        envkit.run("train.py", command=["python"], seed=1, image=image)
+    with pytest.raises(TypeError, match="seed"):
+        envkit.run("train.py", image=image)
