@@ -140,8 +140,8 @@ def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False
     lost = unrestorable_environment(original)
     if lost:
         notes.append(f"the replay cannot restore the redacted variable(s) {', '.join(lost)}: the job sees them unset")
-    if any(is_redacted(a) for a in original.args):
-        notes.append("the replay cannot restore the script arguments that were redacted: it passes "
+    if any(is_redacted(a) for a in original.job_argv):
+        notes.append("the replay cannot restore the arguments that were redacted: it passes "
                      "<redacted> in their place")
     job.notes = list(notes)
     verdict: list[Verdict] = []

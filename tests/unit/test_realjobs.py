@@ -334,3 +334,12 @@ def test_the_python_api_runs_a_command_takes_inputs_and_replays_upstream(cli, pr
         envkit.run("train.py", command=["python"], seed=1, image=image)
     with pytest.raises(TypeError, match="seed"):
         envkit.run("train.py", image=image)
+
+
+def test_a_commands_redacted_argument_is_named_on_replay(project, store):
+    engine = FakeEngine()
+    original = go(engine, store, project, engine.add_image("img", printing(b"ok\n")),
+                  argv=["python", "-m", "pkg.train", "--api-key", "s3cret"])
+    result = replay(engine, store, original.run_id, sink=QUIET)
+    assert any("arguments that were redacted" in n for n in result.notes)
+    assert [arg.command for call, arg in engine.calls if call == "create"][-1][-1] == "<redacted>"
