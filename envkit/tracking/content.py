@@ -1,0 +1,362 @@
+"""What an envkit run becomes in a tracker: params, tags, metrics, artifact files, status and times.
+
+Pure: reads the record and files of the run folder, talks to no tracker. Everything the run folder holds is checked
+before it is offered for upload: recorded paths must be plain relative paths, a file must lie inside the run folder
+(no link leads out of it), and its size and sha256 must still be the recorded ones. What fails a check is left out
+with a note, never uploaded and never fatal: the export says what it skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import posixpath
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from envkit.replay import DIVERGED, FAILED, IDENTICAL, output_file
+from envkit.run.executor import LOCK_COPY, OUTPUT_PREFIX
+from envkit.store.filestore import RECORD
+from envkit.store.record import RunRecord
+
+METRICS_FILE = "metrics.json"
+DEFAULT_ARTIFACT_LIMIT = 64 << 20  # per output file; larger outputs stay in the run folder, with a note
+METRICS_FILE_LIMIT = 16 << 20  # a metrics.json past this is not a flat map of numbers
+# MLflow's own limits (mlflow/utils/validation.py): longer values are refused, so they are cut here, with a note.
+PARAM_MAX = 6000
+TAG_MAX = 8000
+NAME_MAX = 250
+_METRIC_NAME = re.compile(r"[/\w.\- :]+")  # MLflow's rule for metric names on POSIX systems
+# envkit status -> MLflow run status
+STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "oom": "FAILED", "interrupted": "KILLED", "running": "RUNNING"}
+VERDICTS = (IDENTICAL, DIVERGED, FAILED)
+
+TAG_RUN_ID = "envkit.run_id"
+TAG_SWEEP_ID = "envkit.sweep_id"
+TAG_REPLAY_OF = "envkit.replay_of"
+TAG_REPLAY_PREFIX = "envkit.replay."  # + replay run id, on the original's tracker run: the verdict
+TAG_PARENT = "mlflow.parentRunId"
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """A file of the run folder to upload, and the folder it goes to in the tracker run (None: the top)."""
+
+    source: Path
+    folder: str | None
+
+
+@dataclass
+class RunContent:
+    """Everything a tracker run holds for one envkit run (or one sweep), ready to write."""
+
+    name: str
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    files: list[ArtifactFile] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)  # artifact path -> text written as a file
+    status: str = "RUNNING"
+    start_ms: int | None = None
+    end_ms: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def run_content(record: RunRecord, run_dir: Path, artifact_limit_bytes: int = DEFAULT_ARTIFACT_LIMIT) -> RunContent:
+    """The params, tags, metrics and artifacts of one run.
+
+    Args:
+        record: the run's record.
+        run_dir: its folder in the store (``FileStore.run_dir``).
+        artifact_limit_bytes: outputs and logs larger than this stay out of the tracker (0: none uploaded). The
+            record, lockfile and fingerprint are always uploaded.
+    """
+    content = RunContent(name=record.run_id, status=STATUS[record.status],
+                         start_ms=epoch_ms(record.started or record.created), end_ms=epoch_ms(record.finished))
+    content.params = _cut(params(record), PARAM_MAX, "param", content.notes)
+    content.tags = _cut(tags(record), TAG_MAX, "tag", content.notes)
+    metrics, notes = read_metrics(record, run_dir)
+    content.metrics = metrics
+    content.notes += notes
+    content.files = [ArtifactFile(run_dir / RECORD, None)]
+    if (run_dir / LOCK_COPY).is_file():
+        content.files.append(ArtifactFile(run_dir / LOCK_COPY, None))
+    content.texts["fingerprint.json"] = json.dumps(record.to_dict()["fingerprint"], indent=2, sort_keys=True) + "\n"
+    files, notes = artifact_files(record, run_dir, artifact_limit_bytes)
+    content.files += files
+    content.notes += notes
+    return content
+
+
+def params(record: RunRecord) -> dict[str, str]:
+    """What the run was asked to do: seed, determinism level, threads, CPU profile, script and its args."""
+    values: dict[str, Any] = {"seed": record.seed, "determinism": record.determinism, "threads": record.threads,
+                              "cpu_profile": record.cpu_profile, "script": record.script,
+                              "args": shlex.join(record.args)}
+    return {k: str(v) for k, v in values.items() if v is not None}
+
+
+def tags(record: RunRecord) -> dict[str, str]:
+    """What the run is and ran on: ids and hashes to find and replay it, and the fingerprint's headline."""
+    gpus = record.fingerprint.gpus
+    devices = (gpus.get("devices") or []) if gpus.get("available") else []
+    values: dict[str, Any] = {
+        "mlflow.runName": record.run_id,
+        TAG_RUN_ID: record.run_id,
+        "envkit.status": record.status,
+        "envkit.exit_code": record.exit_code,
+        "envkit.image_id": record.image.id,
+        "envkit.image_digest": record.image.digest,
+        "envkit.image_ref": record.image.ref,
+        "envkit.lock_sha256": record.lock.sha256 if record.lock else None,
+        "envkit.lock_name": record.lock.name if record.lock else None,
+        "envkit.code_sha256": record.code.sha256,
+        "envkit.git_dirty": record.code.git_dirty,
+        "mlflow.source.git.commit": record.code.git_commit,
+        "mlflow.source.name": record.script,
+        "envkit.host.cpu_model": record.fingerprint.host.get("cpu_model"),
+        "envkit.host.cpu_vendor": record.fingerprint.host.get("cpu_vendor"),
+        # Recorded absent GPUs say "none": a CPU run is a fact worth showing, not a gap.
+        "envkit.gpu.names": ", ".join(str(d.get("name")) for d in devices) or ("none" if gpus else None),
+        "envkit.gpu.driver": gpus.get("driver_version") if devices else None,
+        TAG_REPLAY_OF: record.replay_of,
+        "mlflow.note.content": _description(record),
+    }
+    if record.verdict and record.verdict.get("kind") in VERDICTS:
+        values["envkit.verdict"] = record.verdict["kind"]
+    return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in values.items() if v is not None}
+
+
+def replay_verdict(replay: RunRecord) -> str | None:
+    """IDENTICAL, DIVERGED or FAILED for a finished replay; None while it runs."""
+    kind = (replay.verdict or {}).get("kind")
+    if kind in VERDICTS:
+        return str(kind)
+    return None if replay.status == "running" else FAILED
+
+
+def read_metrics(record: RunRecord, run_dir: Path) -> tuple[dict[str, float], list[str]]:
+    """The numbers of the run's ``metrics.json`` (an output, in ``$ENVKIT_OUTPUT_DIR`` or the working folder).
+
+    Returns:
+        ``{name: value}`` and notes on what was left out (not a number, a name MLflow refuses, a changed file).
+    """
+    by_path = {e.path: e for e in record.outputs}
+    entry = by_path.get(OUTPUT_PREFIX + METRICS_FILE) or by_path.get(METRICS_FILE)
+    if entry is None:
+        return {}, []
+    if entry.size > METRICS_FILE_LIMIT:
+        return {}, [f"{entry.path} left out: {entry.size} bytes is too large for a map of metrics"]
+    path, problem = checked_file(run_dir, entry.path, entry.size, entry.sha256)
+    if path is None:
+        return {}, [f"{entry.path} left out: {problem}"]
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError as exc:
+        return {}, [f"{entry.path} left out: not JSON ({exc})"]
+    if not isinstance(data, dict):
+        return {}, [f"{entry.path} left out: expected an object of name -> number, got {type(data).__name__}"]
+    return numbers(data, entry.path)
+
+
+def numbers(values: Mapping[str, Any], where: str) -> tuple[dict[str, float], list[str]]:
+    """The entries of ``values`` that MLflow takes as metrics, and a note per kind of entry left out."""
+    metrics: dict[str, float] = {}
+    not_numbers, bad_names = [], []
+    for name, value in values.items():
+        if not metric_name_ok(name):
+            bad_names.append(name)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics[name] = float(value)
+        else:
+            not_numbers.append(name)
+    notes = []
+    if not_numbers:
+        notes.append(f"{where}: left out {len(not_numbers)} value(s) that are not numbers: {_names(not_numbers)}")
+    if bad_names:
+        notes.append(f"{where}: left out {len(bad_names)} name(s) MLflow refuses (letters, digits, _ - . : / and "
+                     f"spaces only, no path tricks, at most {NAME_MAX} characters): {_names(bad_names)}")
+    return metrics, notes
+
+
+def metric_name_ok(name: str) -> bool:
+    """Whether MLflow accepts ``name`` as a metric name (its rules, checked here so one bad name fails alone)."""
+    norm = posixpath.normpath(name)
+    return (0 < len(name) <= NAME_MAX and _METRIC_NAME.fullmatch(name) is not None and norm == name
+            and not norm.startswith(("..", "/")) and norm != ".")
+
+
+def artifact_files(record: RunRecord, run_dir: Path, limit: int) -> tuple[list[ArtifactFile], list[str]]:
+    """The logs and outputs of a run that go to the tracker: checked, and at most ``limit`` bytes each.
+
+    An output recorded as ``$ENVKIT_OUTPUT_DIR/x`` lies in ``<run_dir>/output/x`` and goes to ``output/x``; any
+    other output ``p`` lies in ``<run_dir>/work/p`` and goes to ``work/p``.
+    """
+    files: list[ArtifactFile] = []
+    notes: list[str] = []
+    too_large: list[str] = []
+    candidates: list[tuple[str, str, int | None, str | None]] = [  # (recorded path, artifact path, size, sha256)
+        (name, name, None, None) for name in (record.logs.stdout, record.logs.stderr)]
+    for entry in record.outputs:
+        if entry.link is not None:
+            notes.append(f"output {entry.path} left out: a symbolic link (to {entry.link})")
+            continue
+        where = "output/" + entry.path[len(OUTPUT_PREFIX):] if entry.path.startswith(OUTPUT_PREFIX) \
+            else "work/" + entry.path
+        candidates.append((entry.path, where, entry.size, entry.sha256))
+    for recorded, artifact, size, sha256 in candidates:
+        if size is not None and size > limit:
+            too_large.append(recorded)
+            continue
+        path, problem = checked_file(run_dir, recorded, size, sha256, limit=limit)
+        if path is None:
+            if problem == "too large":
+                too_large.append(recorded)
+            elif problem != "missing" or sha256 is not None:  # a run without a log is no news; a lost output is
+                notes.append(f"{recorded} left out: {problem}")
+            continue
+        folder = posixpath.dirname(artifact) or None
+        files.append(ArtifactFile(path, folder))
+    if too_large:
+        notes.append(f"left out {len(too_large)} file(s) over the artifact limit of {limit} bytes (--artifact-limit "
+                     f"raises it): {_names(too_large)}")
+    return files, notes
+
+
+def checked_file(run_dir: Path, recorded: str, size: int | None = None, sha256: str | None = None,
+                 limit: int | None = None) -> tuple[Path | None, str]:
+    """The file of the run folder that the record names ``recorded``, or None and why not.
+
+    Checks that ``recorded`` is a plain relative path, that the file is a regular file inside the run folder
+    (following no link out of it), no larger than ``limit``, and, when given, of the recorded size and sha256.
+
+    Args:
+        run_dir: the run folder.
+        recorded: an output path as recorded (``$ENVKIT_OUTPUT_DIR/x`` or a path in the working copy), or, with
+            ``sha256`` None, the name of a file of the run folder itself (a log).
+        size: the recorded size. sha256: the recorded hash. limit: the largest size taken.
+    """
+    is_output = sha256 is not None or recorded.startswith(OUTPUT_PREFIX)
+    rel = recorded.removeprefix(OUTPUT_PREFIX)
+    if not safe_relpath(rel):
+        return None, "not a plain relative path"
+    path = output_file(run_dir, recorded) if is_output else run_dir / rel
+    try:
+        real = path.resolve(strict=True)
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, RuntimeError) as exc:  # a link loop, a folder we may not read
+        return None, f"unreadable ({exc})"
+    if not real.is_relative_to(run_dir.resolve()) or not real.is_file():
+        return None, "not a regular file inside the run folder"
+    actual = real.stat().st_size
+    if limit is not None and actual > limit:
+        return None, "too large"
+    if size is not None and actual != size:
+        return None, f"changed since the run ({actual} bytes, {size} recorded)"
+    if sha256 is not None:
+        with open(real, "rb") as f:
+            if hashlib.file_digest(f, "sha256").hexdigest() != sha256:
+                return None, "changed since the run (sha256 differs from the record)"
+    return real, ""
+
+
+def safe_relpath(path: str) -> bool:
+    """A relative POSIX path of plain names: no leading /, no ``..`` or ``.``, no empty part, no NUL or newline."""
+    # TODO(arch): use envkit.manifest.is_safe_relpath once it lands.
+    parts = path.split("/")
+    return bool(path) and not path.startswith("/") and all(p not in ("", ".", "..") for p in parts) \
+        and not any(c in path for c in "\0\n\r")
+
+
+def sweep_content(sweep_id: str, records: Iterable[RunRecord], stats: Mapping[str, Any]) -> RunContent:
+    """The parent run of a sweep: what its runs share as params, their seeds, and the statistics as metrics.
+
+    Args:
+        sweep_id: the sweep's id.
+        records: the sweep's runs (one per seed).
+        stats: ``{metric: {"n": ..., "mean": ..., "std": ..., "min": ..., "max": ..., "ci95_low": ...,
+            "ci95_high": ...}}``; each number becomes the metric ``<metric>.<statistic>``.
+    """
+    records = list(records)
+    content = RunContent(name=sweep_id, tags={"mlflow.runName": sweep_id, TAG_SWEEP_ID: sweep_id,
+                                              "envkit.sweep.runs": str(len(records))})
+    shared: dict[str, str] = {}
+    for i, record in enumerate(records):
+        p = params(record)
+        p.pop("seed", None)
+        shared = p if i == 0 else {k: v for k, v in shared.items() if p.get(k) == v}
+    seeds = [str(r.seed) for r in records if r.seed is not None]
+    content.params = _cut({**shared, "seeds": ",".join(seeds)}, PARAM_MAX, "param", content.notes)
+    flat = {f"{metric}.{stat}": value for metric, by_stat in stats.items() if isinstance(by_stat, Mapping)
+            for stat, value in by_stat.items()}
+    content.metrics, notes = numbers(flat, f"sweep {sweep_id} statistics")
+    content.notes += notes
+    statuses = {r.status for r in records}
+    for status in ("running", "failed", "oom", "interrupted", "succeeded"):  # the worst one names the sweep
+        if status in statuses:
+            content.status = STATUS[status]
+            break
+    starts = [m for r in records if (m := epoch_ms(r.started or r.created)) is not None]
+    ends = [m for r in records if (m := epoch_ms(r.finished)) is not None]
+    content.start_ms = min(starts, default=None)
+    content.end_ms = max(ends, default=None) if "running" not in statuses else None
+    return content
+
+
+def epoch_ms(stamp: str | None) -> int | None:
+    """Milliseconds since the epoch of an ISO-8601 time from a record (None when absent or unreadable)."""
+    if not stamp:
+        return None
+    try:
+        return int(datetime.fromisoformat(stamp).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"64M"``, ``"1.5G"``, ``"512k"``, ``"100"`` (bytes) -> bytes; binary units (M = MiB).
+
+    Raises:
+        ValueError: quoting the text, for anything else.
+    """
+    m = _SIZE.fullmatch(text)
+    if not m or (m.group(3) and m.group(3).lower() == "i"):
+        raise ValueError(f"{text!r} is not a size (examples: 0, 512K, 64M, 1.5G)")
+    value = float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " ")
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is too large")
+    return int(value)
+
+
+def _description(record: RunRecord) -> str:
+    """The run page's description (MLflow shows ``mlflow.note.content`` as Markdown)."""
+    lines = [f"envkit run `{record.run_id}`: {record.status}"
+             + (f", seed {record.seed}" if record.seed is not None else "") + "."]
+    if record.replay_of:
+        lines.append(f"Replay of `{record.replay_of}`"
+                     + (f": **{record.verdict['kind']}**." if record.verdict and 'kind' in record.verdict else "."))
+    lines.append(f"Replay it bit for bit: `envkit replay {record.run_id}`.")
+    return "\n\n".join(lines)
+
+
+def _cut(values: dict[str, str], limit: int, kind: str, notes: list[str]) -> dict[str, str]:
+    for key, value in values.items():
+        if len(value) > limit:
+            values[key] = value[: limit - 3] + "..."
+            notes.append(f"{kind} {key} cut to MLflow's limit of {limit} characters")
+    return values
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    text = ", ".join(repr(n) if not isinstance(n, str) else n for n in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
