@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from envkit.replay import DIVERGED, FAILED, IDENTICAL, output_file
+from envkit.run.snapshot import ManifestEntry
 from envkit.run.executor import LOCK_COPY, OUTPUT_PREFIX
 from envkit.store.filestore import RECORD
 from envkit.store.record import RunRecord
@@ -147,10 +148,9 @@ def read_metrics(record: RunRecord, run_dir: Path) -> tuple[dict[str, float], li
     Returns:
         ``{name: value}`` and notes on what was left out (not a number, a name MLflow refuses, a changed file).
     """
-    by_path = {e.path: e for e in record.outputs}
-    entry = by_path.get(OUTPUT_PREFIX + METRICS_FILE) or by_path.get(METRICS_FILE)
+    entry, note = metrics_entry(record.outputs)
     if entry is None:
-        return {}, []
+        return {}, [note] if note else []
     if entry.size > METRICS_FILE_LIMIT:
         return {}, [f"{entry.path} left out: {entry.size} bytes is too large for a map of metrics"]
     path, problem = checked_file(run_dir, entry.path, entry.size, entry.sha256)
@@ -163,6 +163,25 @@ def read_metrics(record: RunRecord, run_dir: Path) -> tuple[dict[str, float], li
     if not isinstance(data, dict):
         return {}, [f"{entry.path} left out: expected an object of name -> number, got {type(data).__name__}"]
     return numbers(data, entry.path)
+
+
+def metrics_entry(outputs: Iterable[ManifestEntry]) -> tuple[ManifestEntry | None, str]:
+    """The output that holds the run's metrics: ``$ENVKIT_OUTPUT_DIR/metrics.json``, else ``metrics.json`` in the
+    working folder, else the one ``metrics.json`` nearest the top of either (``out/metrics.json``); None and a note
+    when two are equally near."""
+    found = [e for e in outputs if posixpath.basename(e.path) == METRICS_FILE and e.link is None]
+    for preferred in (OUTPUT_PREFIX + METRICS_FILE, METRICS_FILE):
+        for entry in found:
+            if entry.path == preferred:
+                return entry, ""
+    if not found:
+        return None, ""
+    depth = min(e.path.removeprefix(OUTPUT_PREFIX).count("/") for e in found)
+    nearest = [e for e in found if e.path.removeprefix(OUTPUT_PREFIX).count("/") == depth]
+    if len(nearest) > 1:
+        return None, f"no metrics taken: several {METRICS_FILE} outputs ({_names([e.path for e in nearest])}); " \
+                     f"write the run's metrics to $ENVKIT_OUTPUT_DIR/{METRICS_FILE}"
+    return nearest[0], ""
 
 
 def numbers(values: Mapping[str, Any], where: str) -> tuple[dict[str, float], list[str]]:

@@ -299,7 +299,8 @@ def _experiment(client: MlflowClient, name: str | None, uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return str(client.create_experiment(name))
+            # Its kind makes MLflow's UI open it in the model-training view, not the GenAI one.
+            return str(client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"}))
         except MlflowException as exc:
             experiment = client.get_experiment_by_name(name)  # made meanwhile by another export
             if experiment is None:

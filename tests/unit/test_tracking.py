@@ -18,6 +18,7 @@ from envkit.tracking.content import (
     checked_file,
     epoch_ms,
     metric_name_ok,
+    metrics_entry,
     numbers,
     params,
     parse_size,
@@ -169,3 +170,16 @@ def test_without_mlflow_one_error_names_the_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert "MLflow export needs MLflow's client, which is not installed" in out.stdout, out.stderr
     assert "pip install 'envkit[mlflow]'" in out.stdout
+
+
+def test_metrics_file_is_found_where_jobs_write_it() -> None:
+    def entry(path: str) -> ManifestEntry:
+        return ManifestEntry(path, 1, "0" * 64)
+
+    assert metrics_entry([entry("out/metrics.json"), entry("metrics.json")])[0] == entry("metrics.json")
+    assert metrics_entry([entry("metrics.json"), entry("$ENVKIT_OUTPUT_DIR/metrics.json")])[0] == \
+        entry("$ENVKIT_OUTPUT_DIR/metrics.json")
+    assert metrics_entry([entry("out/metrics.json"), entry("a/b/metrics.json")])[0] == entry("out/metrics.json")
+    assert metrics_entry([entry("model.pt")]) == (None, "")
+    none, note = metrics_entry([entry("a/metrics.json"), entry("$ENVKIT_OUTPUT_DIR/b/metrics.json")])
+    assert none is None and "several metrics.json outputs" in note
