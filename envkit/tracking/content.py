@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from envkit.replay import DIVERGED, FAILED, IDENTICAL, output_file
-from envkit.run.snapshot import ManifestEntry
 from envkit.run.executor import LOCK_COPY, OUTPUT_PREFIX
+from envkit.run.snapshot import ManifestEntry
 from envkit.store.filestore import RECORD
 from envkit.store.record import RunRecord
 
@@ -51,6 +51,7 @@ class ArtifactFile:
 
     source: Path
     folder: str | None
+    mutable: bool = False  # the record changes while a run goes on: uploaded on every export
 
 
 @dataclass
@@ -85,7 +86,7 @@ def run_content(record: RunRecord, run_dir: Path, artifact_limit_bytes: int = DE
     metrics, notes = read_metrics(record, run_dir)
     content.metrics = metrics
     content.notes += notes
-    content.files = [ArtifactFile(run_dir / RECORD, None)]
+    content.files = [ArtifactFile(run_dir / RECORD, None, mutable=True)]
     if (run_dir / LOCK_COPY).is_file():
         content.files.append(ArtifactFile(run_dir / LOCK_COPY, None))
     content.texts["fingerprint.json"] = json.dumps(record.to_dict()["fingerprint"], indent=2, sort_keys=True) + "\n"
@@ -179,8 +180,8 @@ def metrics_entry(outputs: Iterable[ManifestEntry]) -> tuple[ManifestEntry | Non
     depth = min(e.path.removeprefix(OUTPUT_PREFIX).count("/") for e in found)
     nearest = [e for e in found if e.path.removeprefix(OUTPUT_PREFIX).count("/") == depth]
     if len(nearest) > 1:
-        return None, f"no metrics taken: several {METRICS_FILE} outputs ({_names([e.path for e in nearest])}); " \
-                     f"write the run's metrics to $ENVKIT_OUTPUT_DIR/{METRICS_FILE}"
+        return None, (f"no metrics taken: several {METRICS_FILE} outputs ({_names([e.path for e in nearest])}); "
+                      f"write the run's metrics to $ENVKIT_OUTPUT_DIR/{METRICS_FILE}")
     return nearest[0], ""
 
 

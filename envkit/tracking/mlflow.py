@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -187,10 +188,11 @@ def export_sweep(sweep_id: str, runs: Sequence[tuple[RunRecord, Path]], stats: M
         tracking_uri, experiment, artifact_limit_bytes, project: as :func:`export_run`.
 
     Raises:
-        TrackerError: as :func:`export_run`, or a malformed sweep id.
+        ValueError: a malformed sweep id.
+        TrackerError: as :func:`export_run`.
     """
-    if not isinstance(sweep_id, str) or not _SWEEP_ID.fullmatch(sweep_id):
-        raise TrackerError(f"malformed sweep id {sweep_id!r:.80}", hint="sweep ids are letters, digits and . _ : -")
+    if not isinstance(sweep_id, str) or not _SWEEP_ID.fullmatch(sweep_id):  # it goes into a search filter
+        raise ValueError(f"malformed sweep id {sweep_id!r:.80} (letters, digits and . _ : - only)")
     parent_content = sweep_content(sweep_id, [record for record, _ in runs], stats)
     contents = [(record.run_id, run_content(record, run_dir, artifact_limit_bytes)) for record, run_dir in runs]
     with _tracker(tracking_uri, sweep_id) as (client, uri):
@@ -208,13 +210,13 @@ def _tracker(tracking_uri: str | None, retry_id: str) -> Iterator[tuple[MlflowCl
     uri = resolve_tracking_uri(tracking_uri)
     retry = f"fix the tracker, then retry with `envkit mlflow export {retry_id}`"
     try:
+        import requests  # MLflow's HTTP client; artifact uploads can let its errors through
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
-        import requests  # MLflow's HTTP client; artifact uploads can let its errors through
     except ImportError as exc:
         raise TrackerError(f"MLflow export needs MLflow's client, which is not installed ({exc.name} is missing)",
                            hint=INSTALL_HINT) from None
-    with _bounded_http(), _quiet_logs():
+    with _client_environment(uri), _quiet_logs():
         try:
             yield MlflowClient(tracking_uri=uri), uri
         except (MlflowException, requests.RequestException, OSError) as exc:
@@ -263,16 +265,24 @@ _HTTP_STATUS = re.compile(r"error code (\d{3}) != 200")
 
 
 @contextmanager
-def _bounded_http() -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in HTTP_BOUNDS}
+def _client_environment(uri: str) -> Iterator[None]:
+    """HTTP_BOUNDS (where the user set none) and MLFLOW_TRACKING_URI = ``uri`` while envkit's calls run.
+
+    The URI too: MLflow clients before 3.0 upload proxied artifacts (``mlflow-artifacts:``) to the process-wide
+    tracking URI rather than the client's own.
+    """
+    saved = {name: os.environ.get(name) for name in (*HTTP_BOUNDS, ENV_TRACKING_URI)}
     for name, value in HTTP_BOUNDS.items():
         os.environ.setdefault(name, value)
+    os.environ[ENV_TRACKING_URI] = uri
     try:
         yield
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextmanager
@@ -343,7 +353,7 @@ def _write(client: MlflowClient, uri: str, experiment_id: str, key_tag: str, key
                      f"logged param)" for k, v in content.params.items() if have.params.get(k, v) != v]
     new_tags = [RunTag(k, v) for k, v in tags.items() if have.tags.get(k) != v]
     stamp = content.end_ms or content.start_ms or 0
-    metrics = [Metric(k, v, stamp, 0) for k, v in content.metrics.items() if have.metrics.get(k) != v]
+    metrics = [Metric(k, v, stamp, 0) for k, v in content.metrics.items() if not _same(have.metrics.get(k), v)]
     for i in range(0, len(params), _BATCH):
         client.log_batch(run_id, params=params[i:i + _BATCH])
     for i in range(0, len(new_tags), _BATCH):
@@ -360,9 +370,15 @@ def _write(client: MlflowClient, uri: str, experiment_id: str, key_tag: str, key
     return result
 
 
+def _same(logged: float | None, value: float) -> bool:
+    # NaN is a value a job may report (a diverged loss); it must not be logged again on every export.
+    return logged == value or (logged is not None and math.isnan(logged) and math.isnan(value))
+
+
 def _upload(client: MlflowClient, run_id: str, content: RunContent, fresh: bool) -> None:
-    """Upload the artifacts the MLflow run lacks (an artifact of the same path and size is the same file: envkit's
-    files are immutable and checked against the record before upload)."""
+    """Upload the artifacts the MLflow run lacks. An artifact of the same path and size is the same file: outputs,
+    logs and the lockfile never change after a run, and outputs are checked against the record before upload; the
+    record itself (small, and rewritten while a run goes on) is uploaded every time."""
     listed: dict[str | None, dict[str, int | None]] = {}
 
     def present(folder: str | None) -> dict[str, int | None]:
@@ -374,7 +390,7 @@ def _upload(client: MlflowClient, run_id: str, content: RunContent, fresh: bool)
 
     for f in content.files:
         path = f"{f.folder}/{f.source.name}" if f.folder else f.source.name
-        if present(f.folder).get(path) != f.source.stat().st_size:
+        if f.mutable or present(f.folder).get(path) != f.source.stat().st_size:
             client.log_artifact(run_id, str(f.source), f.folder)
     for path, text in content.texts.items():
         folder = path.rpartition("/")[0] or None

@@ -76,7 +76,7 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Any:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group: uvicorn and its worker
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=10)  # uvicorn's graceful stop waits for idle keep-alive connections
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
@@ -202,7 +202,7 @@ def test_export_holds_params_tags_metrics_and_artifacts(store: FileStore, client
 def test_second_export_changes_nothing(store: FileStore, client: Any, tracking_uri: str) -> None:
     from envkit.tracking.mlflow import export_run
 
-    record = make_run(store)
+    record = make_run(store, metrics={"loss": 0.167, "grad_norm": float("nan")})  # a diverged job reports NaN
     first = export_run(record, store.run_dir(record.run_id), tracking_uri, experiment="envkit-it-twice")
     before = client.get_run(first.mlflow_run_id)
     listing = artifacts(client, first.mlflow_run_id)
@@ -210,14 +210,16 @@ def test_second_export_changes_nothing(store: FileStore, client: Any, tracking_u
     assert (second.mlflow_run_id, second.created) == (first.mlflow_run_id, False)
     assert len(runs_tagged(client, "envkit.run_id", record.run_id)) == 1
     after = client.get_run(first.mlflow_run_id)
-    assert (after.data.params, after.data.tags, after.data.metrics) == \
-        (before.data.params, before.data.tags, before.data.metrics)
+    assert (after.data.params, after.data.tags) == (before.data.params, before.data.tags)
+    assert after.data.metrics["loss"] == before.data.metrics["loss"] == 0.167
     assert (after.info.status, after.info.end_time) == (before.info.status, before.info.end_time)
     assert [m.value for m in client.get_metric_history(first.mlflow_run_id, "loss")] == [0.167]  # logged once
+    assert len(client.get_metric_history(first.mlflow_run_id, "grad_norm")) == 1
     assert artifacts(client, first.mlflow_run_id) == listing
 
 
-def test_a_running_run_is_updated_when_it_ends(store: FileStore, client: Any, tracking_uri: str) -> None:
+def test_a_running_run_is_updated_when_it_ends(store: FileStore, client: Any, tracking_uri: str,
+                                               tmp_path: Path) -> None:
     from envkit.tracking.mlflow import export_run
 
     record = make_run(store, status="running", finished=None, exit_code=None)
@@ -230,6 +232,8 @@ def test_a_running_run_is_updated_when_it_ends(store: FileStore, client: Any, tr
     assert second.mlflow_run_id == first.mlflow_run_id
     assert (run.info.status, run.info.end_time) == ("FAILED", 1796032920000)
     assert (run.data.tags["envkit.status"], run.data.tags["envkit.exit_code"]) == ("oom", "137")
+    got = Path(client.download_artifacts(run.info.run_id, "record.json", str(tmp_path)))
+    assert json.loads(got.read_text())["status"] == "oom"  # the record as it is now, not as first exported
 
 
 def test_hostile_outputs_are_left_out_with_a_note(store: FileStore, client: Any, tracking_uri: str,

@@ -154,7 +154,8 @@ def test_bad_uris_fail_before_any_client(tmp_path: Path, monkeypatch: pytest.Mon
 def test_importing_the_exporter_imports_no_mlflow() -> None:
     code = ("import sys, envkit.tracking.mlflow, envkit.cli.mlflow\n"
             "print(sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         check=False)
     assert out.stdout.strip() == "[]", out.stderr
 
 
@@ -167,7 +168,8 @@ def test_without_mlflow_one_error_names_the_extra() -> None:
         "    export_sweep('s1', [], {}, 'http://127.0.0.1:9', experiment='x')\n"
         "except TrackerError as e:\n"
         "    print(e.message); print(e.hint)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         check=False)
     assert "MLflow export needs MLflow's client, which is not installed" in out.stdout, out.stderr
     assert "pip install 'envkit[mlflow]'" in out.stdout
 
