@@ -8,9 +8,12 @@ import typer
 
 from envkit.cli import app
 from envkit.cli._console import err_console, out_console, print_json
+from envkit.cli._options import optional_value_command
+from envkit.cli.mlflow import MLFLOW_OPTION_HELP
+from envkit.tracking.config import looks_like_tracking_uri
 
 
-@app.command("replay")
+@app.command("replay", cls=optional_value_command({"--mlflow": looks_like_tracking_uri}))
 def replay_cmd(
     run_id: str = typer.Argument(..., help="The run to replay (see `envkit runs`)."),
     force: bool = typer.Option(False, "--force", help="Replay on a platform that differs in numerics; marked so."),
@@ -19,11 +22,16 @@ def replay_cmd(
                                       "(the image ID will differ)."),
     mount: list[str] = typer.Option(None, "--mount", help="DST=SRC: take the input mounted at DST from SRC here."),
     json_out: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
+    mlflow: str = typer.Option(None, "--mlflow", metavar="[URI]",
+                               help=MLFLOW_OPTION_HELP + " Replays export whenever a URI is configured; the "
+                                    "verdict goes on the original's MLflow run."),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="No MLflow export, even where a URI is configured."),
 ) -> None:
     """Replay RUN_ID on this host and say whether every output is bitwise identical.
 
     Exit codes: 0 IDENTICAL, 3 DIVERGED, 4 FAILED; 40 platform refused (see --force), 41 an input changed.
     """
+    from envkit.cli.mlflow import export_after_replay, mlflow_settings
     from envkit.engine import connect
     from envkit.errors import JobError, PlatformMismatchError
     from envkit.replay import replay
@@ -39,6 +47,7 @@ def replay_cmd(
         overrides[dst.rstrip("/")] = Path(src).expanduser().resolve()
     store = FileStore(store_dir())
     store.read(run_id)  # an unknown run is reported before the engine is asked for anything
+    tracker = None if no_mlflow else mlflow_settings(mlflow, auto=True)
 
     def on_forced(diffs) -> None:
         err_console.print(render_diffs(diffs), highlight=False)
@@ -51,13 +60,17 @@ def replay_cmd(
     except PlatformMismatchError as exc:
         err_console.print(render_diffs(exc.differences), highlight=False)
         raise
+    # The verdict goes to the original's MLflow run; tracker trouble is a warning, never the verdict's exit code.
     if json_out:
         print_json({"run_id": result.run_id, "replay_of": run_id, "platform_mismatch": bool(result.forced),
-                    "notes": result.notes, "verdict": result.verdict.to_dict()})
+                    "notes": result.notes, "verdict": result.verdict.to_dict()}
+                   | ({"mlflow": export_after_replay(store, result, tracker)} if tracker else {}))
     else:
         for note in result.notes:
             err_console.print(f"note: {note}", highlight=False)
         out_console.print(render_verdict(result.verdict, run_id, result.run_id), highlight=False)
+        if tracker:
+            export_after_replay(store, result, tracker)
     raise typer.Exit(result.exit_code)
 
 
