@@ -1,24 +1,25 @@
-"""MLflow export: the cost of envkit's export against plain MLflow client calls, and of an unreachable tracker with
-envkit's bounds against MLflow's default retries, in one run.
+"""What `--mlflow` adds to `envkit run`, against the same run without it, interleaved in one run; and what an
+unreachable tracker costs, with envkit's bounds against MLflow's default retries.
 
-    python benchmarks/bench_mlflow_export.py [--tracking-uri URI] [--runs 5] [--default-cap 300]
+    python benchmarks/bench_mlflow_export.py [--tracking-uri URI] [--runs 5] [--lock L | --image I] [--default-cap 300]
 
-Without --tracking-uri (or MLFLOW_TRACKING_URI) it starts a throwaway `mlflow server` (SQLite, 127.0.0.1). Each run
-is a real RunRecord in a temporary FileStore with metrics.json, three outputs and logs.
+Without --tracking-uri (or MLFLOW_TRACKING_URI) it starts a throwaway `mlflow server` (SQLite, 127.0.0.1). The job
+is a small training stand-in: it writes metrics.json and a 1 MiB model to $ENVKIT_OUTPUT_DIR and prints a few lines.
+Every timing is a whole `envkit run` process, as a user starts it, so the MLflow client's import is counted.
 
-- export: envkit's `export_run` of a new run (find by tag, create, params, tags, metrics, 8 artifacts, status)
-  against the same content logged with plain `MlflowClient` calls (no search, no checks), interleaved run by run;
-- export again: envkit's second export of the same run (nothing to change) against the plain calls once more;
-- unreachable: a refused port and a port that accepts but never answers, with envkit's bounds, against MLflow's
-  defaults (measured in subprocesses, side by side; the silent one stopped at --default-cap seconds).
+- run: `envkit run` against `envkit run --mlflow URI`, taking turns to go first;
+- import: `python -c "import mlflow.tracking"` against `python -c pass` (what most of --mlflow's cost is);
+- unreachable: `envkit run --mlflow` at a refused port and at a port that accepts but never answers, against the
+  same run without --mlflow; and MLflow's client with its own defaults at the same two ports (in subprocesses that
+  run meanwhile, the silent one stopped at --default-cap seconds).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -28,18 +29,23 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from envkit.errors import TrackerError
-from envkit.fingerprint import host_fingerprint
-from envkit.run.snapshot import ManifestEntry, manifest
-from envkit.store.filestore import FileStore
-from envkit.store.record import Fingerprint, ImageInfo, RunRecord
-from envkit.tracking.content import run_content
-from envkit.tracking.mlflow import HTTP_BOUNDS, export_run
+from envkit.tracking.mlflow import HTTP_BOUNDS  # after the path: the checkout's envkit
 
-_PROBE = """
+JOB = """\
+import json, os, random
+out = os.environ["ENVKIT_OUTPUT_DIR"]
+loss = random.random()
+json.dump({"loss": loss, "accuracy": 1 - loss / 2}, open(os.path.join(out, "metrics.json"), "w"))
+open(os.path.join(out, "model.bin"), "wb").write(random.randbytes(1 << 20))
+for epoch in range(3):
+    print("epoch", epoch, "loss", loss)
+"""
+
+# MLflow's client with its own retry defaults (envkit's bounds removed from the environment): one call.
+PROBE = """
 import sys, time
 from mlflow.tracking import MlflowClient
 t = time.monotonic()
@@ -76,125 +82,106 @@ def start_server(root: Path) -> tuple[subprocess.Popen, str]:
     sys.exit("mlflow server did not come up")
 
 
-def make_run(store: FileStore, seed: int) -> RunRecord:
-    run_id = store.create_run()
-    d = store.run_dir(run_id)
-    (d / "output").mkdir()
-    (d / "work").mkdir()
-    (d / "output" / "metrics.json").write_text(json.dumps({"loss": 0.1 + seed / 100, "accuracy": 0.9}))
-    (d / "output" / "model.pt").write_bytes(hashlib.sha256(str(seed).encode()).digest() * 8192)  # 256 KiB
-    (d / "work" / "preds.csv").write_text("id,pred\n" + "".join(f"{i},{i % 3}\n" for i in range(2000)))
-    (d / "stdout.log").write_text("epoch 1\n" * 100)
-    (d / "stderr.log").write_text("")
-    outputs = [ManifestEntry("$ENVKIT_OUTPUT_DIR/" + e.path, e.size, e.sha256) for e in manifest(d / "output").entries]
-    fp = host_fingerprint()
-    record = RunRecord(run_id=run_id, status="succeeded", started="2026-11-30T10:00:00.000Z",
-                       finished="2026-11-30T10:01:00.000Z", script="train.py", args=["--epochs", "3"], seed=seed,
-                       exit_code=0, outputs=outputs + manifest(d / "work").entries,
-                       image=ImageInfo(id="sha256:" + "a" * 64),
-                       fingerprint=Fingerprint(schema_version=1, host=fp["host"], gpus=fp["gpus"]))
-    store.write(record)
-    return record
-
-
-def plain(client, experiment_id: str, record: RunRecord, run_dir: Path) -> None:
-    """What a hand-written script would do with the same content: log it, check nothing."""
-    from mlflow.entities import Metric, Param
-
-    c = run_content(record, run_dir)
-    run = client.create_run(experiment_id, start_time=c.start_ms, tags=c.tags, run_name=c.name)
-    rid = run.info.run_id
-    client.log_batch(rid, params=[Param(k, v) for k, v in c.params.items()],
-                     metrics=[Metric(k, v, c.end_ms, 0) for k, v in c.metrics.items()])
-    for f in c.files:
-        client.log_artifact(rid, str(f.source), f.folder)
-    for path, text in c.texts.items():
-        client.log_text(rid, text, path)
-    client.set_terminated(rid, c.status, c.end_ms)
-
-
-def timed(fn) -> float:
+def timed(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> float:
     t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    took = time.perf_counter() - t
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} exited {out.returncode}:\n{out.stderr[-2000:]}")
+    return took
+
+
+def interleaved(commands: dict[str, list[str]], runs: int, **kw) -> dict[str, list[float]]:
+    """Each command ``runs`` times, round by round, the order rotated every round."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    names = list(commands)
+    for i in range(runs):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            times[name].append(timed(commands[name], **kw))
+    return times
+
+
+def image_of(args: argparse.Namespace) -> str:
+    if args.image:
+        return args.image
+    built = subprocess.run([sys.executable, "-m", "envkit", "build", args.lock, "--json"], capture_output=True,
+                           text=True, check=True).stdout
+    return json.loads(built)["image_id"]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--lock", default=str(ROOT / "lockfiles" / "cpu.lock.yaml"))
+    ap.add_argument("--image", help="an image to run in instead of --lock's")
     ap.add_argument("--default-cap", type=float, default=300.0)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="envkit-bench-mlflow-"))
     server = None
-    uri = args.tracking_uri
-    if not uri:
-        server, uri = start_server(tmp / "server")
-
-    # MLflow's defaults against a refused and a silent port, in subprocesses that run while the rest is measured.
     silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(64)  # never accepted: connections complete in the backlog, requests get no answer
-    refused = f"http://127.0.0.1:{free_port()}"
-    quiet = f"http://127.0.0.1:{silent.getsockname()[1]}"
-    env = {k: v for k, v in os.environ.items() if k not in HTTP_BOUNDS}
-    defaults = {name: subprocess.Popen([sys.executable, "-c", _PROBE, u], stdout=subprocess.PIPE, text=True,
-                                       env=env) for name, u in (("refused", refused), ("silent", quiet))}
-    started = time.monotonic()
+    try:
+        uri = args.tracking_uri
+        if not uri:
+            server, uri = start_server(tmp / "server")
+        image = image_of(args)
+        project = tmp / "bench-project"
+        project.mkdir()
+        (project / "train.py").write_text(JOB)
+        env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ENVKIT_HOME")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        run = [sys.executable, "-m", "envkit", "run", "--seed", "1", "--image", image]
 
-    from mlflow.tracking import MlflowClient  # imported once, outside every timing
+        # MLflow's defaults against a refused and a silent port, in subprocesses that run while the rest is measured.
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # never accepted: connections complete in the backlog, requests get no answer
+        refused = f"http://127.0.0.1:{free_port()}"
+        quiet = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        bare = {k: v for k, v in env.items() if k not in HTTP_BOUNDS}
+        defaults = {name: subprocess.Popen([sys.executable, "-c", PROBE, u], stdout=subprocess.PIPE, text=True,
+                                           env=bare) for name, u in (("refused", refused), ("silent", quiet))}
+        started = time.monotonic()
 
-    os.environ.update(HTTP_BOUNDS)  # the plain calls get the same retry settings as envkit's
-    client = MlflowClient(uri)
-    experiment_id = client.create_experiment(f"bench-{os.getpid()}-{int(time.time())}")
-    experiment = client.get_experiment(experiment_id).name
-    store = FileStore(tmp / "store")
-    first, again, base = [], [], []
-    for i in range(args.runs + 1):  # round 0 warms both paths up (connections, MLflow's lazy imports): not counted
-        record = make_run(store, i)
-        d = store.run_dir(record.run_id)
-        steps = [(base, lambda r=record, d=d: plain(client, experiment_id, r, d)),
-                 (first, lambda r=record, d=d: export_run(r, d, uri, experiment=experiment))]
-        for times, step in steps if i % 2 else steps[::-1]:  # each goes first every other round
-            times.append(timed(step))
-        again.append(timed(lambda r=record, d=d: export_run(r, d, uri, experiment=experiment)))
-    first, again, base = first[1:], again[1:], base[1:]
-    for k in HTTP_BOUNDS:
-        os.environ.pop(k, None)
-
-    def ours(u: str) -> float:
-        t = time.perf_counter()
-        try:
-            export_run(record, d, u, experiment=experiment)
-        except TrackerError:
-            pass
-        return time.perf_counter() - t
-
-    ours_refused, ours_silent = ours(refused), ours(quiet)
-    results = {}
-    for name, proc in defaults.items():
-        try:
-            out, _ = proc.communicate(timeout=max(1.0, args.default_cap - (time.monotonic() - started)))
-            results[name] = (float(out.strip()), "")
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            results[name] = (time.monotonic() - started, "> ")
-    silent.close()
-    if server is not None:
-        server.terminate()
-        server.wait(timeout=30)
+        timed([*run, "--mlflow", uri, "train.py"], project, env)  # warm-up: image probe cached, experiment made
+        t = interleaved({"plain": [*run, "train.py"], "mlflow": [*run, "--mlflow", uri, "train.py"]}, args.runs,
+                        cwd=project, env=env)
+        imp = interleaved({"pass": [sys.executable, "-c", "pass"],
+                           "import": [sys.executable, "-c", "import mlflow.tracking"]}, args.runs, env=env)
+        down = interleaved({"plain": [*run, "train.py"], "refused": [*run, "--mlflow", refused, "train.py"],
+                            "silent": [*run, "--mlflow", quiet, "train.py"]}, max(3, args.runs // 2),
+                           cwd=project, env=env)
+        results = {}
+        for name, proc in defaults.items():
+            try:
+                out, _ = proc.communicate(timeout=max(1.0, args.default_cap - (time.monotonic() - started)))
+                results[name] = (float(out.strip()), "")
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                results[name] = (time.monotonic() - started, "> ")
+    finally:
+        silent.close()
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     med = statistics.median
-    print(f"MLflow export of one run ({args.runs} runs, median; tracker {uri}):")
-    print(f"  plain MlflowClient calls    {med(base):6.2f} s")
-    print(f"  envkit export (new run)     {med(first):6.2f} s   x{med(first) / med(base):.2f} of plain")
-    print(f"  envkit export again (same)  {med(again):6.2f} s   x{med(again) / med(base):.2f} of plain")
-    print("Unreachable tracker (one export):")
-    for name, mine in (("refused", ours_refused), ("silent", ours_silent)):
+    plain, tracked = med(t["plain"]), med(t["mlflow"])
+    print(f"envkit run of a small job (metrics.json, 1 MiB model), {args.runs} runs each, interleaved, median "
+          f"(image {image[:19]}, tracker {uri}):")
+    print(f"  envkit run                 {plain:6.2f} s")
+    print(f"  envkit run --mlflow URI    {tracked:6.2f} s   x{tracked / plain:.2f}  (+{tracked - plain:.2f} s)")
+    imported = med(imp["import"]) - med(imp["pass"])
+    print(f"  of which importing MLflow's client: +{imported:.2f} s (python -c 'import mlflow.tracking' "
+          f"{med(imp['import']):.2f} s, python -c pass {med(imp['pass']):.2f} s)")
+    print(f"Unreachable tracker, {len(down['plain'])} runs each, interleaved, median:")
+    base = med(down["plain"])
+    for name in ("refused", "silent"):
+        mine = med(down[name])
         theirs, more = results[name]
-        print(f"  {name:8s} envkit {mine:6.1f} s   MLflow defaults {more}{theirs:6.1f} s   "
-              f"{more}{theirs / mine:.0f}x faster")
+        print(f"  envkit run --mlflow ({name:7s})  {mine:6.2f} s   x{mine / base:.2f} of envkit run "
+              f"(+{mine - base:.2f} s); MLflow's own defaults: {more}{theirs:.1f} s for one call")
 
 
 if __name__ == "__main__":

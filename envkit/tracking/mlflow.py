@@ -60,6 +60,10 @@ HTTP_BOUNDS = {
     # set_terminated prints "View run ... at: URL" on stdout, which is envkit's data channel.
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
+# An upload waits for the server to store the file (in S3, say) before it answers: 5 s would fail a large output on
+# a slow store. Uploads come after API calls the server answered, so a hung server is already caught by then.
+UPLOAD_TIMEOUT = "120"  # MLflow's own default
+_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
 _BATCH = 100  # MLflow takes at most 100 params and tags, and 1000 values in all, per log_batch
 _SWEEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
@@ -249,6 +253,8 @@ def _client_environment(uri: str) -> Iterator[None]:
     tracking URI rather than the client's own.
     """
     saved = {name: os.environ.get(name) for name in (*HTTP_BOUNDS, ENV_TRACKING_URI)}
+    global _timeout_is_ours
+    _timeout_is_ours = _TIMEOUT not in os.environ
     for name, value in HTTP_BOUNDS.items():
         os.environ.setdefault(name, value)
     os.environ[ENV_TRACKING_URI] = uri
@@ -350,6 +356,22 @@ def _same(logged: float | None, value: float) -> bool:
     return logged == value or (logged is not None and math.isnan(logged) and math.isnan(value))
 
 
+_timeout_is_ours = False  # HTTP_BOUNDS' timeout is in force (the user set none): uploads get UPLOAD_TIMEOUT
+
+
+@contextmanager
+def _patient() -> Iterator[None]:
+    """UPLOAD_TIMEOUT instead of HTTP_BOUNDS' timeout, unless the user set one (MLflow reads it per request)."""
+    if not _timeout_is_ours:
+        yield
+        return
+    os.environ[_TIMEOUT] = UPLOAD_TIMEOUT
+    try:
+        yield
+    finally:
+        os.environ[_TIMEOUT] = HTTP_BOUNDS[_TIMEOUT]
+
+
 def _upload(client: MlflowClient, run_id: str, content: RunContent, fresh: bool) -> None:
     """Upload the artifacts the MLflow run lacks. An artifact of the same path and size is the same file: outputs,
     logs and the lockfile never change after a run, and outputs are checked against the record before upload; the
@@ -366,7 +388,8 @@ def _upload(client: MlflowClient, run_id: str, content: RunContent, fresh: bool)
     for f in content.files:
         path = f"{f.folder}/{f.source.name}" if f.folder else f.source.name
         if f.mutable or present(f.folder).get(path) != f.source.stat().st_size:
-            client.log_artifact(run_id, str(f.source), f.folder)
+            with _patient():
+                client.log_artifact(run_id, str(f.source), f.folder)
     for path, text in content.texts.items():
         folder = path.rpartition("/")[0] or None
         if present(folder).get(path) != len(text.encode()):

@@ -483,8 +483,8 @@ def test_an_unreachable_tracker_leaves_the_run_intact(tmp_path: Path, tiny_image
     assert r.returncode == exit_code, r.stderr  # the job's exit code, whatever the tracker did
     run_id = r.stdout.strip().splitlines()[-1]
     warnings = [line for line in r.stderr.splitlines() if "MLflow" in line]
-    assert warnings == [f"warning: the MLflow export failed (cannot reach the MLflow tracker at {uri}: connection "
-                        f"refused); the run is recorded; retry with `envkit mlflow export {run_id}`"]
+    assert warnings == [(f"warning: the MLflow export failed (cannot reach the MLflow tracker at {uri}: connection "
+                         f"refused); the run is recorded; retry with `envkit mlflow export {run_id}`")]
     record = json.loads((project / ".envkit" / "runs" / run_id / "record.json").read_text())
     assert (record["status"], record["exit_code"]) == ("succeeded" if exit_code == 0 else "failed", exit_code)
     assert [o["path"] for o in record["outputs"]] == ["$ENVKIT_OUTPUT_DIR/metrics.json", "draws.txt"]
