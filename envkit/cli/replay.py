@@ -33,7 +33,7 @@ def replay_cmd(
     """
     from envkit.cli.mlflow import export_after_replay, mlflow_settings
     from envkit.engine import connect
-    from envkit.errors import JobError, PlatformMismatchError
+    from envkit.errors import MountError, PlatformMismatchError
     from envkit.replay import replay
     from envkit.run.executor import Sink
     from envkit.settings import store_dir
@@ -43,8 +43,8 @@ def replay_cmd(
     for m in mount or []:
         dst, sep, src = m.partition("=")
         if not sep or not dst.startswith("/"):
-            raise JobError(f"--mount {m!r} is not DST=SRC", hint="e.g. --mount /data=./data")
-        overrides[dst.rstrip("/")] = Path(src).expanduser().resolve()
+            raise MountError(f"--mount {m!r} is not DST=SRC", hint="e.g. --mount /data=./data")
+        overrides[dst.rstrip("/")] = Path(src).expanduser()
     store = FileStore(store_dir())
     store.read(run_id)  # an unknown run is reported before the engine is asked for anything
     tracker = None if no_mlflow else mlflow_settings(mlflow, auto=True)

@@ -11,7 +11,14 @@ from envkit.cli import app
 from envkit.cli._console import err_console, print_json
 from envkit.cli._options import choice, optional_value_command
 from envkit.cli.mlflow import MLFLOW_OPTION_HELP
-from envkit.settings import CPU_PROFILES, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE, DETERMINISM_LEVELS
+from envkit.settings import (
+    CPU_PROFILES,
+    DEFAULT_DETERMINISM,
+    DEFAULT_THREADS,
+    DEFAULT_TRACE,
+    DETERMINISM_LEVELS,
+    NETWORK_MODES,
+)
 from envkit.tracking.config import looks_like_tracking_uri
 
 SEED_MAX = 2**32 - 1
@@ -48,7 +55,8 @@ def run_cmd(
     mount: list[str] = typer.Option(None, "--mount", help="SRC:DST, read-only data hashed as inputs (repeatable)."),
     trace: str = typer.Option(DEFAULT_TRACE, "--trace", callback=_trace,
                               help="Parameter digests every N optimizer steps; auto keeps the cost under 2%; off."),
-    network: str = typer.Option("none", "--network", help="Container network: none (default, hermetic) or bridge."),
+    network: str = typer.Option("none", "--network", callback=choice(NETWORK_MODES),
+                                help="Container network: none (default, hermetic) or bridge."),
     env: list[str] = typer.Option(None, "--env", help="KEY=VALUE for the job (repeatable); secrets are redacted in "
                                                        "the record."),
     memory: str = typer.Option(None, "--memory", help="Memory limit, e.g. 4g; a job killed for memory is marked oom."),
@@ -78,7 +86,8 @@ def run_cmd(
     store = FileStore(store_dir(request.project))
     record = run(connect(), store, request, sink=Sink(None, None) if json_out else None,
                  on_started=None if json_out else (lambda rid: err_console.print(f"run {rid} started",
-                                                                                    highlight=False)))
+                                                                                    highlight=False)),
+                 on_warning=lambda line: err_console.print(f"warning: {line}", highlight=False))
     # The export comes after the record's final write; its trouble is a warning, never the exit code.
     if json_out:
         print_json(summary(record) | ({"mlflow": export_after_run(store, record, tracker)} if tracker else {}))
