@@ -4,8 +4,9 @@
 #   bash docs/mlflow-screenshot.sh RUN_ID [OUT.png]
 #
 # Run it in the project whose store holds RUN_ID (or with ENVKIT_HOME set). It starts a throwaway MLflow tracking
-# server on 127.0.0.1 (SQLite backend, in a temporary folder), exports the run with `envkit mlflow export`, takes the
-# run page with Debian's chromium, and stops the server. Needs: pip install mlflow; apt-get install -y chromium.
+# server on 127.0.0.1 (SQLite backend, in a temporary folder), exports the run and its replays with `envkit mlflow
+# export` (their verdicts land on the run's page), takes the run page with Debian's chromium, and stops the server.
+# Needs: pip install mlflow; apt-get install -y chromium.
 set -euo pipefail
 
 run_id=${1:?usage: $0 RUN_ID [OUT.png]}
@@ -38,14 +39,14 @@ for _ in $(seq 240); do  # a cold start migrates the database: up to a minute on
 done
 curl -sf "$uri/health" >/dev/null || { echo "mlflow server did not come up" >&2; tail "$tmp/server.log" >&2; exit 1; }
 
-# `envkit mlflow export` once the command is registered; until then the same command through its module.
-if python3 -m envkit mlflow --help >/dev/null 2>&1; then
-    export_cmd=(python3 -m envkit mlflow export)
-else
-    export_cmd=(python3 -c 'import sys; from envkit.cli.mlflow import mlflow_app; mlflow_app(["export", *sys.argv[1:]])')
-fi
-json=$("${export_cmd[@]}" "$run_id" --tracking-uri "$uri" --experiment "$experiment" --json)
+json=$(python3 -m envkit mlflow export "$run_id" --tracking-uri "$uri" --experiment "$experiment" --json)
 url=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["url"])' <<<"$json")
+# The replays of the run in the store: each puts its verdict on the run's page (envkit.replay.<id>).
+for replay in $(python3 -m envkit runs --json | python3 -c '
+import json, sys
+print(" ".join(r["run_id"] for r in json.load(sys.stdin) if r.get("replay_of") == sys.argv[1]))' "$run_id"); do
+    python3 -m envkit mlflow export "$replay" --tracking-uri "$uri" --experiment "$experiment" >/dev/null
+done
 page=${url/127.0.0.1/$alias_host}?workflowType=machine_learning  # the model-training view, not GenAI's
 
 mkdir -p "$(dirname "$out")"

@@ -122,13 +122,14 @@ def export_sweep_target(store: FileStore, sweep_id: str, settings: Tracking) -> 
 
     Raises:
         RunNotFoundError: for now always: sweeps are read by ``load_sweep(store, sweep_id) -> (metadata,
-            [(record, run_dir)], stats)`` of ``envkit sweep``, which this envkit does not have yet.
+            [(record, run_dir)], stats)`` of ``envkit.sweep.workflow``, which this envkit does not have yet. Sweep
+            ids look like run ids (the same generator): one that is no run of the store may be a sweep.
     """
     from envkit.errors import RunNotFoundError
 
     shown = sweep_id if len(sweep_id) <= 60 else sweep_id[:57] + "..."
     raise RunNotFoundError(f"no run {shown!r} in this store, and sweep ids cannot be read: this envkit has no "
-                           "`envkit sweep` (envkit.sweep.load_sweep)",
+                           "`envkit sweep` (envkit.sweep.workflow.load_sweep)",
                            hint="list the runs with `envkit runs`; export a sweep's runs one by one with "
                                 "`envkit mlflow export RUN_ID`")
 
@@ -189,7 +190,7 @@ def export_after_run(store: FileStore, record: RunRecord, settings: Tracking) ->
         return _row(record.run_id, export_run(record, store.run_dir(record.run_id), settings.tracking_uri,
                                               settings.experiment, settings.artifact_limit))
 
-    return _after(record.run_id, export)
+    return _after(record.run_id, export, lambda data: f"exported to MLflow: {_page(data)}")
 
 
 def export_after_replay(store: FileStore, result: ReplayResult, settings: Tracking) -> dict[str, Any] | None:
@@ -209,10 +210,15 @@ def export_after_replay(store: FileStore, result: ReplayResult, settings: Tracki
         return {"original": _row(original.run_id, done.original), "replay": _row(replay.run_id, done.replay),
                 "verdict": done.verdict}
 
-    return _after(replay.run_id, export)
+    def said(data: dict[str, Any]) -> str:
+        verdict = f"verdict {data['verdict']} on" if data["verdict"] else "no verdict yet on"
+        return f"exported to MLflow: {verdict} {_page(data['original'])}; the replay: {_page(data['replay'])}"
+
+    return _after(replay.run_id, export, said)
 
 
-def _after(run_id: str, export: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+def _after(run_id: str, export: Callable[[], dict[str, Any]], said: Callable[[dict[str, Any]], str]
+           ) -> dict[str, Any] | None:
     """Run ``export`` and show its notes and pages; whatever goes wrong is one warning with the command that retries
     it, never an error: the run is recorded and the exit code stays the job's (or the verdict's)."""
     from envkit.errors import EnvkitError
@@ -232,12 +238,15 @@ def _after(run_id: str, export: Callable[[], dict[str, Any]]) -> dict[str, Any] 
         for row in [data[k] for k in ("original", "replay") if k in data] or [data]:
             for note in row["notes"]:
                 err_console.print(f"note: {note}", highlight=False, markup=False)
-            err_console.print(f"mlflow: {row['run_id']} -> {row['url'] or row['mlflow_run_id']}", highlight=False,
-                              markup=False)
+        err_console.print(said(data), highlight=False, markup=False)
         return data
     err_console.print(f"warning: the MLflow export failed ({why}); the run is recorded; retry with "
                       f"`envkit mlflow export {run_id}`", highlight=False, markup=False)
     return None
+
+
+def _page(row: dict[str, Any]) -> str:
+    return row["url"] or f"MLflow run {row['mlflow_run_id']}"
 
 
 def _row(run_id: str, result: ExportResult) -> dict[str, Any]:
