@@ -317,6 +317,29 @@ def test_sweep_is_a_parent_with_nested_runs(store: FileStore, mlflow_client: Any
     assert {c.data.tags["envkit.run_id"] for c in children} == {r.run_id for r in runs}
 
 
+def test_sweep_as_the_command_exports_it(store: FileStore, mlflow_client: Any, tracking_uri: str) -> None:
+    """What `envkit mlflow export SWEEP_ID` does with load_sweep's answer: its statistics as the sweep report gives
+    them (a statistic that does not exist is None), sweep ids in the run id format."""
+    from envkit.cli.mlflow import sweep_rows
+    from envkit.tracking.config import Tracking
+
+    runs = [make_run(store, seed=s, metrics={"loss": 0.5, "acc": 0.25 * s}) for s in (4, 5)]
+    sweep_id = store.create_run()  # sweep ids come from the same generator as run ids
+    stats = {"loss": {"n": 2, "mean": 0.5, "std": 0.0, "min": 0.5, "max": 0.5, "ci95_low": 0.5, "ci95_high": 0.5},
+             "acc": {"n": 1, "mean": 1.0, "std": None, "min": 1.0, "max": 1.0, "ci95_low": None, "ci95_high": None}}
+    data = sweep_rows(sweep_id, [(r, store.run_dir(r.run_id)) for r in runs], stats,
+                      Tracking(tracking_uri, "envkit-it-sweep-cli"))
+    assert data["parent"]["sweep_id"] == sweep_id and data["parent"]["created"]
+    assert [row["run_id"] for row in data["runs"]] == [r.run_id for r in runs]
+    parent = mlflow_client.get_run(data["parent"]["mlflow_run_id"])
+    assert parent.data.metrics == {"loss.n": 2.0, "loss.mean": 0.5, "loss.std": 0.0, "loss.min": 0.5, "loss.max": 0.5,
+                                   "loss.ci95_low": 0.5, "loss.ci95_high": 0.5, "acc.n": 1.0, "acc.mean": 1.0,
+                                   "acc.min": 1.0, "acc.max": 1.0}
+    assert data["parent"]["notes"] == []  # statistics that do not exist are no news
+    for row in data["runs"]:
+        assert mlflow_client.get_run(row["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+
 # --- tracker trouble ---------------------------------------------------------------------------------------------
 def test_unreachable_tracker_is_one_error_and_leaves_the_run_intact(store: FileStore) -> None:
     from envkit.tracking.mlflow import export_run
