@@ -77,6 +77,13 @@ class ProjectConfigError(EnvkitError):
     default_hint = "see README.md, 'Project configuration'"
 
 
+class ProjectEnvironmentError(EnvkitError):
+    """``envkit build`` or ``envkit run`` without a lockfile, and the project names none, or more than one."""
+
+    exit_code = 18
+    default_hint = "pass a lockfile (envkit build LOCKFILE, envkit run --lock LOCKFILE), or set lock in envkit.toml"
+
+
 class CpuProfileError(EnvkitError):
     """An unknown CPU profile name (from a record or an image label) or a bad thread count for it."""
 
