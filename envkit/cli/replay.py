@@ -55,12 +55,12 @@ def replay_cmd(
             raise MountError(f"--mount {m!r} is not DST=SRC", hint="e.g. --mount /data=./data")
         overrides[dst.rstrip("/")] = Path(src).expanduser()
     store = FileStore(store_dir())
+    tracker = None if no_mlflow else mlflow_settings(mlflow, auto=True)  # a bad --mlflow before any work
     if registry_repo is not None or is_reference(run_id):
         from envkit.cli.remote import fetch_run
 
         run_id = fetch_run(store, run_id, registry_repo, quiet=json_out).run_id
     store.read(run_id)  # an unknown run is reported before the engine is asked for anything
-    tracker = None if no_mlflow else mlflow_settings(mlflow, auto=True)
 
     def on_forced(diffs) -> None:
         err_console.print(render_diffs(diffs), highlight=False)
