@@ -56,6 +56,15 @@ class Replay:
                    details=result.verdict, record=result.record, notes=list(result.notes))
 
 
+def _config(folder: Path | None):
+    """The project configuration, with every key envkit's parts own registered (the run package registers its
+    own; MLflow's lives in envkit.tracking, which the run package may not import)."""
+    from envkit.run.defaults import project_config
+    from envkit.tracking import config as _tracking  # noqa: F401 - registers the mlflow key
+
+    return project_config(folder)
+
+
 def _store(project: Path | None):
     from envkit.store.filestore import FileStore
 
@@ -103,7 +112,7 @@ def run(script: str | None = None, *args: str, command: Sequence[str] | None = N
         TypeError: neither or both of ``script`` and ``command``, or no seed here or in the configuration.
     """
     from envkit.engine import connect
-    from envkit.run.defaults import project_config, run_settings
+    from envkit.run.defaults import run_settings
     from envkit.run.executor import Sink
     from envkit.run.runner import RunRequest
     from envkit.run.runner import run as run_workflow
@@ -111,7 +120,7 @@ def run(script: str | None = None, *args: str, command: Sequence[str] | None = N
     if (script is None) == (command is None) or (command is not None and args):
         raise TypeError("give a script (and its args) or a command, not both")
     folder = Path(project) if project else Path.cwd()
-    settings = run_settings(project_config(folder), seed=seed, lock=Path(lock) if lock else None, image=image,
+    settings = run_settings(_config(folder), seed=seed, lock=Path(lock) if lock else None, image=image,
                             determinism=determinism, threads=threads, gpus=gpus, cpu_profile=cpu_profile,
                             network=network, trace=trace, memory=memory, mounts=list(mounts),
                             env={k: str(v) for k, v in (env or {}).items()})
@@ -139,13 +148,12 @@ def replay(run_id: str, force: bool = False, rebuild: bool = False, project: str
     from envkit.engine import connect
     from envkit.lineage import replay_chain
     from envkit.replay import replay as replay_workflow
-    from envkit.run.defaults import project_config
     from envkit.run.executor import Sink
     from envkit.stdoutcompare import configured_patterns
 
     store = _store(project)
     run_id = store.resolve(run_id)
-    patterns = list(dict.fromkeys([*configured_patterns(project_config(Path(project) if project else None)),
+    patterns = list(dict.fromkeys([*configured_patterns(_config(Path(project) if project else None)),
                                    *ignore_lines]))
     options: dict[str, Any] = {"force": force, "rebuild": rebuild, "ignore_lines": patterns,
                                "sink": None if echo else Sink(io.BytesIO(), io.BytesIO())}

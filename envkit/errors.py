@@ -227,6 +227,17 @@ class TraceError(EnvkitError):
     exit_code = 50
 
 
+# --- trackers ----------------------------------------------------------------------------------------------------
+class TrackerError(EnvkitError):
+    """An experiment tracker (MLflow) is unreachable, refused the export, or is not configured or installed.
+
+    Tracker trouble is never the run's trouble: the run and its record stay as they are, and the export can be
+    retried.
+    """
+
+    exit_code = 60
+
+
 # Verdict exit codes of `envkit replay` (not errors: the replay itself worked).
 EXIT_IDENTICAL = 0
 EXIT_DIVERGED = 3

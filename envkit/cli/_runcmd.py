@@ -24,6 +24,7 @@ from typer._click.globals import get_current_context
 from typer.core import TyperCommand
 
 from envkit.cli._console import print_json
+from envkit.cli._options import fill_optional_values
 from envkit.errors import (
     EXIT_CANNOT_INVOKE,
     EXIT_COMMAND_NOT_FOUND,
@@ -40,7 +41,10 @@ CONFIGURABLE = ("seed", "lock", "image", "determinism", "threads", "gpus", "cpu_
 class RunCommand(TyperCommand):
     """The `run` command: notes a ``--`` that ends the options, and maps envkit's own failures to 125-127."""
 
+    optional_values: dict[str, Callable[[str], bool]] = {}  # options that may stand alone (see run_command)
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        args = fill_optional_values(self, ctx, args, self.optional_values) if self.optional_values else args
         ctx.meta[COMMAND_MODE] = _dashdash_ends_options(self, ctx, args)
         try:
             return super().parse_args(ctx, args)
@@ -62,6 +66,12 @@ class RunCommand(TyperCommand):
                             "error": {"type": type(exc).__name__, "code": own, "message": exc.message,
                                       "hint": exc.hint}})
             raise
+
+
+def run_command(optional_values: dict[str, Callable[[str], bool]]) -> type[RunCommand]:
+    """:class:`RunCommand` whose ``optional_values`` options may stand alone or take a value (``--mlflow`` or
+    ``--mlflow URI``: :func:`envkit.cli._options.optional_value_command`)."""
+    return type("RunCommand", (RunCommand,), {"optional_values": dict(optional_values)})
 
 
 def _dashdash_ends_options(command: TyperCommand, ctx: Any, args: list[str]) -> bool:

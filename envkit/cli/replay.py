@@ -9,10 +9,12 @@ import typer
 
 from envkit.cli import app
 from envkit.cli._console import err_console, out_console, print_json
-from envkit.cli._options import complete_run_id
+from envkit.cli._options import complete_run_id, optional_value_command
+from envkit.cli.mlflow import MLFLOW_OPTION_HELP
+from envkit.tracking.config import looks_like_tracking_uri
 
 
-@app.command("replay")
+@app.command("replay", cls=optional_value_command({"--mlflow": looks_like_tracking_uri}))
 def replay_cmd(
     run_id: str = typer.Argument(..., metavar="RUN_ID|REF",
                                  help="The run to replay: a run id (see `envkit runs`), a unique prefix of one, "
@@ -32,6 +34,10 @@ def replay_cmd(
                                   help="Replay the runs whose outputs it took as --input first (in order), then "
                                        "this run on their replays' outputs."),
     json_out: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
+    mlflow: str = typer.Option(None, "--mlflow", metavar="[URI]",
+                               help=MLFLOW_OPTION_HELP + " Replays export whenever a URI is configured; the "
+                                    "verdict goes on the original's MLflow run."),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="No MLflow export, even where a URI is configured."),
 ) -> None:
     """Replay a run on this host and say whether every output is bitwise identical.
 
@@ -42,6 +48,7 @@ def replay_cmd(
     5 UNVERIFIED (nothing to compare); 40 platform refused (see --force), 41 an input changed.
     """
     from envkit.cli._progress import LiveProgress
+    from envkit.cli.mlflow import export_after_replay, mlflow_settings
     from envkit.engine import connect
     from envkit.errors import MountError, PlatformMismatchError
     from envkit.lineage import replay_chain
@@ -58,6 +65,7 @@ def replay_cmd(
             raise MountError(f"--mount {m!r} is not DST=SRC", hint="e.g. --mount /data=./data")
         overrides[dst.rstrip("/")] = Path(src).expanduser()
     store = FileStore(store_dir())
+    tracker = None if no_mlflow else mlflow_settings(mlflow, auto=True)  # a bad --mlflow before any work
     if registry_repo is not None or is_reference(run_id):
         from envkit.cli.remote import fetch_run
 
@@ -85,18 +93,23 @@ def replay_cmd(
         raise
     finally:
         progress.pause()
+    # Verdicts go to the originals' MLflow runs; tracker trouble is a warning, never the verdict's exit code.
     if upstream:
+        exported = [export_after_replay(store, r, tracker) for r in chain.results] if tracker else None
         if json_out:
-            print_json(chain.to_dict())
+            print_json(chain.to_dict() | ({"mlflow": exported} if tracker else {}))
         elif chain.stopped_at:
             err_console.print(f"stopped: the replay of upstream run {chain.stopped_at} is not IDENTICAL, so the runs "
                               "after it were not replayed", highlight=False)
         raise typer.Exit(chain.exit_code)
     if json_out:
         print_json({"run_id": result.run_id, "replay_of": run_id, "platform_mismatch": bool(result.forced),
-                    "notes": result.notes, "verdict": result.verdict.to_dict()})
+                    "notes": result.notes, "verdict": result.verdict.to_dict()}
+                   | ({"mlflow": export_after_replay(store, result, tracker)} if tracker else {}))
     else:
         _print_result(result)
+        if tracker:
+            export_after_replay(store, result, tracker)
     raise typer.Exit(result.exit_code)
 
 

@@ -10,7 +10,8 @@ import typer
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json
 from envkit.cli._options import choice
-from envkit.cli._runcmd import RunCommand, configured_request, outcome
+from envkit.cli._runcmd import configured_request, outcome, run_command
+from envkit.cli.mlflow import MLFLOW_OPTION_HELP
 from envkit.settings import (
     CPU_PROFILES,
     DEFAULT_DETERMINISM,
@@ -19,6 +20,7 @@ from envkit.settings import (
     DETERMINISM_LEVELS,
     NETWORK_MODES,
 )
+from envkit.tracking.config import looks_like_tracking_uri
 
 SEED_MAX = 2**32 - 1
 
@@ -35,7 +37,8 @@ def _trace(value: str) -> str:
     raise typer.BadParameter(f"{value!r} is not 'auto', 'off' or a positive step interval")
 
 
-@app.command("run", cls=RunCommand, context_settings={"allow_interspersed_args": False})
+@app.command("run", context_settings={"allow_interspersed_args": False},
+             cls=run_command({"--mlflow": looks_like_tracking_uri}))
 def run_cmd(
     script: str = typer.Argument(..., metavar="SCRIPT.py | -- COMMAND",
                                  help="The Python script to run, relative to the project folder; or, after --, any "
@@ -65,6 +68,7 @@ def run_cmd(
                                                        "the record."),
     memory: str = typer.Option(None, "--memory", help="Memory limit, e.g. 4g; a job killed for memory is marked oom."),
     json_out: bool = typer.Option(False, "--json", help="Print a record summary as JSON at the end."),
+    mlflow: str = typer.Option(None, "--mlflow", metavar="[URI]", help=MLFLOW_OPTION_HELP),
 ) -> None:
     """Run SCRIPT (or, after --, any COMMAND) in the lock's image with every Python process seeded; record the
     run; print its id last.
@@ -75,6 +79,7 @@ def run_cmd(
     failures exit 125 (126: the command cannot be invoked, 127: not in the image).
     """
     from envkit.cli._progress import LiveProgress
+    from envkit.cli.mlflow import export_after_run, mlflow_settings
     from envkit.engine import connect
     from envkit.run.executor import Sink
     from envkit.run.runner import RunRequest, run
@@ -88,6 +93,7 @@ def run_cmd(
         command=["envkit", *sys.argv[1:]] if sys.argv and "envkit" in Path(sys.argv[0]).name else [],
     )
     request = configured_request(request, list(inputs or []), {"gpus": _gpus, "trace": _trace})
+    tracker = mlflow_settings(mlflow)  # a bad --mlflow is refused before the job, not after it
     store = FileStore(store_dir())
     progress = LiveProgress(enabled=not json_out and err_console.is_terminal)
 
@@ -102,11 +108,15 @@ def run_cmd(
                      progress=progress)
     finally:
         progress.pause()
+    # The export comes after the record's final write; its trouble is a warning, never the exit code.
     if json_out:
-        print_json({**summary(record), **outcome(record)})
+        print_json({**summary(record), **outcome(record)}
+                   | ({"mlflow": export_after_run(store, record, tracker)} if tracker else {}))
     else:
         err_console.print(f"run {record.run_id}: {record.status}, exit {record.exit_code}, "
                           f"{len(record.outputs)} outputs, {record.timings.run_s:.1f} s", highlight=False)
+        if tracker:
+            export_after_run(store, record, tracker)
         typer.echo(record.run_id)
     code = 130 if record.status == "interrupted" else (record.exit_code or 0)
     raise typer.Exit(code)
