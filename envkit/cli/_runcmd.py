@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import typer
 from typer._click.core import ParameterSource
@@ -41,7 +41,7 @@ CONFIGURABLE = ("seed", "lock", "image", "determinism", "threads", "gpus", "cpu_
 class RunCommand(TyperCommand):
     """The `run` command: notes a ``--`` that ends the options, and maps envkit's own failures to 125-127."""
 
-    optional_values: dict[str, Callable[[str], bool]] = {}  # options that may stand alone (see run_command)
+    optional_values: ClassVar[dict[str, Callable[[str], bool]]] = {}  # options that may stand alone (run_command)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         args = fill_optional_values(self, ctx, args, self.optional_values) if self.optional_values else args
