@@ -189,6 +189,12 @@ def test_replay_rebuild_says_the_rebuilt_image_is_the_recorded_one(tmp_path):
     (project / "train.py").write_text("pass\n")
     path = tmp_path / "tiny.lock.yaml"
     write_lockfile(lock_on(tmp_path, local_base(engine)), path)
+
+    def job(ctx: JobContext) -> Outcome:
+        ctx.path("/work/out.txt").write_text(ctx.env["ENVKIT_SEED"])
+        return Outcome()
+
+    engine.jobs[build_image(engine, load_lockfile(path)).image_id] = job  # what the image runs, by its ID
     original = run(engine, store, RunRequest(script="train.py", seed=1, lock=path, project=project, trace="off"),
                    sink=Sink(None, None))
     del engine.images[original.image.id]  # the image is gone from this engine
