@@ -31,11 +31,10 @@ from pathlib import Path
 from envkit.errors import BaseImageError
 from envkit.image import oci
 from envkit.image.debfetch import fetch_debs
-from envkit.lock.debian import BASE_PACKAGES, STATUS_FORMAT, read_status, run_mmdebstrap
+from envkit.lock.debian import BASE_PACKAGES, DEBIAN_KEYRING, STATUS_FORMAT, read_status, run_mmdebstrap
 from envkit.lock.model import DebPin
 from envkit.settings import LABEL_BASE_PACKAGES, LABEL_BASE_PYTHON, LABEL_BASE_SOURCE
 
-DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 PACKAGES_LISTING = "etc/envkit/base-packages.txt"  # inside the image, as `envkit base` writes it
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 

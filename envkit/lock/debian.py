@@ -25,7 +25,10 @@ from envkit.lock.model import DebPin
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
 # Debian suites and the python3 they ship: the version is a property of the suite, not a choice.
 SUITE_PYTHON = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
-DEFAULT_MIRRORS = ("http://deb.debian.org/debian",)
+# Debian's own mirrors: where a host without apt sources resolves, and where any host looks for a pinned .deb last
+# (security updates live under debian-security's pool).
+DEFAULT_MIRRORS = ("http://deb.debian.org/debian", "http://deb.debian.org/debian-security")
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 MMDEBSTRAP_TIMEOUT = 1800
 SCRATCH_TMPFS = Path("/dev/shm")
 SCRATCH_MIN_FREE = 2 * 1024**3  # a python3 minbase chroot takes about 250 MB
@@ -60,6 +63,14 @@ class AptSource:
     def line(self) -> str:
         opts = f"[signed-by={self.signed_by}] " if self.signed_by else ""
         return f"deb {opts}{self.uri} {self.suite} {' '.join(self.components)}"
+
+
+def default_sources(suite: str) -> list[AptSource]:
+    """Debian's own mirrors for ``suite``, its updates and its security updates (a host with no apt sources)."""
+    main, security = DEFAULT_MIRRORS
+    return [AptSource(main, suite, signed_by=DEBIAN_KEYRING),
+            AptSource(main, f"{suite}-updates", signed_by=DEBIAN_KEYRING),
+            AptSource(security, f"{suite}-security", signed_by=DEBIAN_KEYRING)]
 
 
 def host_sources(suite: str, root: Path = Path("/")) -> list[AptSource]:
@@ -145,7 +156,7 @@ def resolve_base(suite: str, packages: Sequence[str] = BASE_PACKAGES, arch: str 
         suite: Debian suite (bookworm, trixie).
         packages: what to install on top of minbase.
         arch: Debian architecture.
-        sources: mirrors; default ``host_sources(suite)``.
+        sources: mirrors; default ``host_sources(suite)``, else Debian's own (``default_sources``).
         cache_dir: when given, the .debs this run downloaded enter the cache (no second download to build).
 
     Returns:
@@ -154,10 +165,7 @@ def resolve_base(suite: str, packages: Sequence[str] = BASE_PACKAGES, arch: str 
     Raises:
         BaseImageError: mmdebstrap missing or failing, or an installed package absent from every index.
     """
-    sources = list(sources) if sources is not None else host_sources(suite)
-    if not sources:
-        raise BaseImageError(f"no Debian mirror is configured for {suite}",
-                             hint="configure apt (/etc/apt/sources.list.d/debian.sources) or pass a mirror URL")
+    sources = list(sources) if sources is not None else (host_sources(suite) or default_sources(suite))
     with tempfile.TemporaryDirectory(prefix="envkit-resolve-") as tmp:
         out = Path(tmp)
         (out / "lists").mkdir()
