@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envkit.engine.base import BuildEvents, Container, ContainerExit, ContainerSpec, Engine, Image, Output
-from envkit.errors import BuildError, EnvkitError, ImageNotFoundError, JobError, RegistryError
+from envkit.engine.base import Container, ContainerExit, ContainerSpec, Engine, Image, Output
+from envkit.errors import EnvkitError, ImageNotFoundError, JobError, RegistryError
 
 PROBE = {"schema_version": 1, "python": {"version": "3.11.2", "implementation": "CPython"},
          "torch": {"available": False, "reason": "not installed"}, "threads": {"torch": None}, "env": {},
@@ -68,8 +68,6 @@ class FakeEngine(Engine):
     registries: dict[str, dict[str, str]] = field(default_factory=dict)  # registry host -> {digest ref: image id}
     down: set[str] = field(default_factory=set)  # registry hosts that do not answer
     calls: list[tuple[str, Any]] = field(default_factory=list)
-    build_result: str | None = None  # the image ID a build gives (None: derived from the context)
-    build_error: str | None = None
     create_error: str | None = None
     start_error: str | None = None
     probe: dict[str, Any] = field(default_factory=lambda: dict(PROBE))
@@ -111,22 +109,6 @@ class FakeEngine(Engine):
     def images_labelled(self, label: str, value: str) -> list[Image]:
         self.calls.append(("images_labelled", (label, value)))
         return [img for img in self.images.values() if img.labels.get(label) == value]
-
-    def build(self, context: Path, tag: str, on_event: BuildEvents | None = None, no_cache: bool = False) -> str:
-        self.calls.append(("build", tag))
-        dockerfile = (Path(context) / "Dockerfile").read_text()
-        if on_event is not None:
-            on_event({"stream": "Step 1/2 : FROM base\n"})
-            on_event({"stream": "Step 2/2 : RUN install\n"})
-        if self.build_error:
-            raise BuildError(self.build_error)
-        iid = self.build_result or image_id(dockerfile)
-        labels = {}
-        for line in dockerfile.splitlines():
-            if '"io.envkit.build-key"=' in line:
-                labels["io.envkit.build-key"] = json.loads(line.split("=", 1)[1].rstrip(" \\"))
-        self.images[iid] = Image(id=iid, tags=(tag,), labels=labels)
-        return iid
 
     def load(self, tar: Path | Iterable[bytes]) -> list[str]:
         """Read the archive as ``docker load`` does: a layer file may be missing only when the engine has that stack
@@ -195,10 +177,6 @@ class FakeEngine(Engine):
     def remove_image(self, ref: str, force: bool = False) -> bool:
         self.calls.append(("remove_image", ref))
         return self.images.pop(ref, None) is not None
-
-    def import_rootfs(self, tar: Path, ref: str, changes: list[str]) -> str:
-        self.calls.append(("import_rootfs", ref))
-        return self.add_image(ref)
 
     def create(self, spec: ContainerSpec) -> Container:
         self.calls.append(("create", spec))
