@@ -25,10 +25,12 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from envkit.image import oci
 from envkit.settings import CONTAINER_WORKDIR, IMAGE_VENV
+
+if TYPE_CHECKING:  # the layer writer is imported where an image is written: a cache hit needs only the recipe
+    from envkit.image import oci
 
 WHEELS_MOUNT = "/tmp/envkit/wheels"
 REQUIREMENTS_MOUNT = "/tmp/envkit/requirements.lock.txt"
@@ -112,6 +114,8 @@ def config_on_base(base: Mapping[str, Any], *, diff_ids: Sequence[str], epoch: i
     added for each layer envkit adds. ENV and labels merge by name, ours winning; the other container settings of
     the base (Entrypoint, User, ...) are kept, as ``docker build`` keeps them.
     """
+    from envkit.image import oci
+
     base_cfg = dict(base.get("config") or {})
     merged_env = dict(item.split("=", 1) for item in base_cfg.pop("Env", None) or [] if "=" in item)
     merged_env.update(env)
@@ -153,6 +157,8 @@ def assemble(base: oci.DockerArchive, venv_dir: Path, dest: Path | BinaryIO, *, 
     Returns:
         The image ID ``docker load`` gives, the config and the layers.
     """
+    from envkit.image import oci
+
     layer = oci.write_layer(venv_dir, layer_path, epoch, prefix=venv.strip("/"))
     layers = [*base.layers, layer]
     config = config_on_base(base.config, diff_ids=[blob.diff_id for blob in layers], epoch=epoch, env=env,
@@ -164,4 +170,6 @@ def assemble(base: oci.DockerArchive, venv_dir: Path, dest: Path | BinaryIO, *, 
 
 def base_archive(config_bytes: bytes, layers: Sequence[oci.LayerBlob]) -> oci.DockerArchive:
     """A base envkit made itself (``debian.base_config`` and its layer), in the form ``assemble`` takes."""
+    from envkit.image import oci
+
     return oci.DockerArchive(config_bytes=config_bytes, config=json.loads(config_bytes), layers=list(layers))

@@ -25,16 +25,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from envkit.atomic import atomic_write
-from envkit.engine import ContainerSpec, Engine, Mount
+from envkit.engine import ContainerSpec, Engine, Image, Mount
 from envkit.errors import BuildError, EnvkitError, PlatformError
-from envkit.image import assemble, oci
-from envkit.image.bases import ReadyBase, ensure_base, scratch
 from envkit.image.expected import Comparison, compare
 from envkit.image.render import BuildPlan, plan_build
-from envkit.image.wheels import Progress, WheelSources, ensure_wheels, link_or_copy
 from envkit.lock.model import Lockfile
 from envkit.settings import IMAGE_VENV, build_cache_dir, wheel_cache_dir
+
+if TYPE_CHECKING:  # imported where an image is made: a cache hit (a no-op build) loads none of them
+    from envkit.image import oci
+    from envkit.image.bases import ReadyBase
+    from envkit.image.wheels import Progress
 
 _ARCH_ALIASES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
 VENV_TIMEOUT = 3600
@@ -89,10 +93,13 @@ def find_cached(engine: Engine, build_key: str) -> str | None:
     The key -> image ID map is envkit's own (in its cache folder), never an image label: anyone can label an image
     with a public lock's key and load it (a bundle, a pull); such an image is never taken for envkit's build.
     """
+    image = _cached_image(engine, build_key)
+    return image.id if image is not None else None
+
+
+def _cached_image(engine: Engine, build_key: str) -> Image | None:
     image_id = _read_entry(build_key).get("image_id")
-    if image_id is None or engine.find_image(image_id) is None:
-        return None
-    return image_id
+    return engine.find_image(image_id) if image_id is not None else None
 
 
 def remember_build(build_key: str, image_id: str, **parts: object) -> None:
@@ -154,19 +161,25 @@ def build_image(
         steps.append(line)
         say(line)
 
-    check_platform(engine, lock)
     plan = plan_build(lock, cpu_profile)
     previous = _read_entry(plan.build_key)
     if not (no_cache or check):
-        cached = find_cached(engine, plan.build_key)
-        if cached:
-            engine.tag(cached, plan.tag)
+        cached = _cached_image(engine, plan.build_key)
+        if cached is not None:
+            if plan.tag not in cached.tags:
+                engine.tag(cached.id, plan.tag)
+            cached = cached.id
             result = BuildResult(cached, plan.tag, plan.build_key, True, time.monotonic() - t0, recipe=plan.recipe,
                                  base_layers=list(previous.get("base_layers") or []),
                                  venv_layer=previous.get("venv_layer"))
             result.comparison = compare(lock, cpu_profile, cached, plan.recipe, result.base_layers,
                                         result.venv_layer or "")
             return result
+    check_platform(engine, lock)  # a cache hit was built here, for this platform
+    from envkit.image import assemble, oci
+    from envkit.image.bases import ensure_base, scratch
+    from envkit.image.wheels import WheelSources, ensure_wheels
+
     # Under envkit's cache: the wheels hard-link into it, and the engine bind-mounts it (the same host).
     with tempfile.TemporaryDirectory(prefix="build-", dir=scratch()) as tmp:
         work = Path(tmp)
@@ -203,6 +216,9 @@ def build_image(
 def _install_venv(engine: Engine, base: ReadyBase, lock: Lockfile, plan: BuildPlan, wheels: list[Path], work: Path,
                   step: Callable[[str], None]) -> Path:
     """Install the pinned wheels into a fresh host folder from a container of the base (no network); the folder."""
+    from envkit.image import assemble
+    from envkit.image.wheels import link_or_copy
+
     (work / "wheels").mkdir()
     for path in wheels:
         link_or_copy(path, work / "wheels" / path.name)
@@ -247,6 +263,8 @@ def _install_venv(engine: Engine, base: ReadyBase, lock: Lockfile, plan: BuildPl
 def _load(engine: Engine, config: bytes, layers: list[oci.LayerBlob], plan: BuildPlan, base: ReadyBase,
           venv_present: bool, step: Callable[[str], None]) -> str:
     """Stream the image into ``docker load``: the config, and the venv layer unless the engine has it."""
+    from envkit.image import oci
+
     omit = len(layers) if venv_present else len(base.archive.layers)
     image_id = oci.image_id(config)
     sent = sum(b.size for b in layers[omit:])

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from envkit import __version__, cpuprofile
 from envkit.image import assemble
-from envkit.image.oci import rfc3339
 from envkit.lock.model import Lockfile, check_values
 from envkit.lock.values import shown
 from envkit.resources import docker_file, injob_sources
@@ -155,6 +154,8 @@ def describe_base(lock: Lockfile) -> str:
 
 def render_plan(lock: Lockfile, plan: BuildPlan, cpu_profile: str) -> str:
     """What ``envkit build --dry-run`` prints: every step and value of the build, with nothing run."""
+    from envkit.image.oci import rfc3339
+
     expected = lock.images.get(cpu_profile)
     lines = [
         f"# envkit build plan: lock {lock.name} ({lock.content_sha256[:12]}), envkit {__version__}, "
