@@ -78,8 +78,9 @@ def _ensure(pin: DebPin, cache_dir: Path, mirrors: Sequence[str], local_dirs: Se
         raise HashMismatchError(f"{Path(pin.filename).name}: expected sha256 {pin.sha256}, found "
                                 f"{'; '.join(mismatches)}", hint="a source serves another file under this name")
     raise FetchError(f"Debian package {pin.label} is on no source; tried: {', '.join(tried)}",
-                     hint="the mirror dropped this version; give a mirror that keeps it "
-                          "(e.g. a snapshot.debian.org URL), or put the .deb into /var/cache/apt/archives")
+                     hint="the mirrors dropped this version: name one that keeps it in ENVKIT_DEB_MIRRORS (e.g. a "
+                          "snapshot.debian.org URL of the day the lock was made), or put the .deb into "
+                          "/var/cache/apt/archives")
 
 
 def _local_names(folder: Path, pin: DebPin) -> list[Path]:
