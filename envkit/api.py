@@ -86,11 +86,13 @@ def run(script: str, *args: str, seed: int, lock: str | Path | None = None, imag
         determinism: str = DEFAULT_DETERMINISM, threads: int = DEFAULT_THREADS, gpus: str = "none",
         cpu_profile: str | None = None, mounts: Iterable[str] = (), trace: str = DEFAULT_TRACE,
         network: str = "none", env: Mapping[str, str] | None = None, memory: str | None = None,
-        project: str | Path | None = None, echo: bool = False) -> Run:
+        project: str | Path | None = None, echo: bool = False, shm_size: str | None = None, ipc: str | None = None,
+        env_file: str | Path | None = None, user: str | None = None) -> Run:
     """Run ``script`` with ``args`` in the lock's (or ``image``'s) image, seeded and recorded.
 
     Args:
         echo: stream the job's output to this process's stdout/stderr (default: only into the run's logs).
+        gpus, shm_size, ipc, env_file, user: as ``envkit run``'s options (docs/gpu.md).
     """
     from envkit.engine import connect
     from envkit.run.executor import Sink
@@ -101,7 +103,8 @@ def run(script: str, *args: str, seed: int, lock: str | Path | None = None, imag
     request = RunRequest(script=script, args=[str(a) for a in args], seed=seed, lock=Path(lock) if lock else None,
                          image=image, determinism=determinism, threads=threads, gpus=gpus, cpu_profile=cpu_profile,
                          mounts=list(mounts), trace=trace, network=network, env=dict(env or {}), memory=memory,
-                         project=folder)
+                         project=folder, shm_size=shm_size, ipc=ipc, env_file=Path(env_file) if env_file else None,
+                         user=user)
     store = _store(folder)
     record = run_workflow(connect(), store, request, sink=None if echo else Sink(io.BytesIO(), io.BytesIO()))
     return Run(id=record.run_id, status=record.status, exit_code=record.exit_code, outputs=list(record.outputs),
@@ -109,14 +112,14 @@ def run(script: str, *args: str, seed: int, lock: str | Path | None = None, imag
 
 
 def replay(run_id: str, force: bool = False, rebuild: bool = False, project: str | Path | None = None,
-           echo: bool = False) -> Replay:
+           echo: bool = False, gpus: str | None = None) -> Replay:
     """Replay a recorded run here; ``.verdict`` says IDENTICAL, DIVERGED or FAILED, ``.details`` why."""
     from envkit.engine import connect
     from envkit.replay import replay as replay_workflow
     from envkit.run.executor import Sink
 
     result = replay_workflow(connect(), _store(project), run_id, force=force, rebuild=rebuild,
-                             sink=None if echo else Sink(io.BytesIO(), io.BytesIO()))
+                             sink=None if echo else Sink(io.BytesIO(), io.BytesIO()), gpus=gpus)
     return Replay.from_result(result)
 
 

@@ -18,11 +18,14 @@ def replay_cmd(
                                  help="If the image cannot be had, rebuild it from the recorded lockfile "
                                       "(the image ID will differ)."),
     mount: list[str] = typer.Option(None, "--mount", help="DST=SRC: take the input mounted at DST from SRC here."),
+    gpus: str = typer.Option(None, "--gpus", help="Replay with this GPU request instead of the recorded one (all | "
+                                                  "none | N | device=0,2); fewer or other GPUs are a mismatch."),
     json_out: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
 ) -> None:
     """Replay RUN_ID on this host and say whether every output is bitwise identical.
 
-    Exit codes: 0 IDENTICAL, 3 DIVERGED, 4 FAILED; 40 platform refused (see --force), 41 an input changed.
+    Exit codes: 0 IDENTICAL, 3 DIVERGED, 4 FAILED; 40 platform refused (see --force), 41 an input changed,
+    36 this host cannot give the run its GPUs (too few, or a driver too old for the image's CUDA).
     """
     from envkit.engine import connect
     from envkit.errors import MountError, PlatformMismatchError
@@ -47,7 +50,7 @@ def replay_cmd(
 
     try:
         result = replay(connect(), store, run_id, force=force, rebuild=rebuild, mount_overrides=overrides,
-                        sink=Sink(None, None) if json_out else None, on_forced=on_forced)
+                        sink=Sink(None, None) if json_out else None, on_forced=on_forced, gpus=gpus)
     except PlatformMismatchError as exc:
         err_console.print(render_diffs(exc.differences), highlight=False)
         raise

@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from envkit.engine import Engine
-from envkit.errors import CpuProfileError, JobError, ScriptNotFoundError
+from envkit.errors import CpuProfileError, GpuError, JobError, ScriptNotFoundError
+from envkit.fingerprint import host_fingerprint
+from envkit.run import container as ctr
+from envkit.run import gpus as job_gpus
 from envkit.run.executor import JobSpec, Sink, execute
-from envkit.run.images import resolve_image
+from envkit.run.images import ResolvedImage, resolve_image
 from envkit.run.mounts import parse_mount
 from envkit.settings import DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE, NETWORK_MODES
 from envkit.store.filestore import FileStore
@@ -40,6 +43,10 @@ class RunRequest:
     memory: str | None = None
     project: Path = field(default_factory=Path.cwd)
     command: list[str] = field(default_factory=list)  # the envkit command line as typed, for the record
+    shm_size: str | None = None  # default: half the job's memory (envkit.run.container)
+    ipc: str | None = None  # private (default) | shareable | host
+    env_file: Path | None = None  # Docker-style KEY=VALUE file; --env wins over it
+    user: str | None = None  # UID[:GID]; default: the invoking user (an unprivileged uid for root)
 
 
 def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None = None,
@@ -57,8 +64,25 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
                        hint="none keeps the job hermetic; bridge gives it the network")
     script = check_script(project, request.script)
     mounts = [parse_mount(m) for m in request.mounts]
-    resolved = resolve_image(engine, project, request.lock, request.image,
-                             request.cpu_profile or DEFAULT_CPU_PROFILE)
+    try:
+        gpus = job_gpus.parse_gpus(request.gpus)
+    except ValueError as exc:
+        raise GpuError(f"--gpus {exc}") from None
+    host = host_fingerprint(engine)
+    settings = ctr.container_settings(gpus, request.memory, request.shm_size, request.ipc, request.user,
+                                      (host.get("host") or {}).get("memory_bytes"))
+    env_file = Path(request.env_file).absolute() if request.env_file else None
+    ctr.check_job_env(request.env)
+    env = {**(ctr.read_env_file(env_file) if env_file else {}), **request.env}
+    # The GPU check comes before the image: a CUDA image of several GB is not built for a host that cannot run it.
+    # A refusal still goes through the executor, which records the run as failed.
+    cuda = job_gpus.request_cuda(engine, request.lock, request.image) if gpus != "none" else None
+    try:
+        job_gpus.check(gpus, host.get("gpus") or {}, cuda)
+        resolved = resolve_image(engine, project, request.lock, request.image,
+                                 request.cpu_profile or DEFAULT_CPU_PROFILE)
+    except GpuError:
+        resolved = ResolvedImage("", request.image, [], None, None, None)
     # An --image already carries its profile's ENV; a different one for the run would be recorded but not in effect.
     cpu_profile = request.cpu_profile or resolved.cpu_profile or DEFAULT_CPU_PROFILE
     if resolved.cpu_profile and resolved.cpu_profile != cpu_profile:
@@ -68,11 +92,13 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
     job = JobSpec(
         project=project, script=script, args=list(request.args), image_id=resolved.id, image_ref=resolved.ref,
         image_digests=resolved.digests, seed=request.seed, determinism=request.determinism, threads=request.threads,
-        cpu_profile=cpu_profile, gpus=request.gpus, mounts=mounts, trace=request.trace, network=request.network,
+        cpu_profile=cpu_profile, mounts=mounts, trace=request.trace, network=request.network,
         lock=resolved.lock, command=list(request.command), build_s=resolved.build_s, lock_text=resolved.lock_text,
-        extra_env=dict(request.env), memory=request.memory,
+        extra_env=env, memory=request.memory, gpus=gpus, shm_size=settings.shm_size, ipc=settings.ipc,
+        ulimits=settings.ulimits, user=settings.user, env_file=str(env_file) if env_file else None,
+        cuda=job_gpus.image_cuda(engine, resolved.id, resolved.lock_text) if resolved.id else cuda,
     )
-    return execute(engine, store, job, sink=sink, on_started=on_started, on_warning=on_warning)
+    return execute(engine, store, job, sink=sink, on_started=on_started, on_warning=on_warning, fingerprint=host)
 
 
 def check_script(project: Path, script: str) -> str:
