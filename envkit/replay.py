@@ -122,8 +122,9 @@ def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False
     requested = replay_gpus(original, gpus)
     now = host_fingerprint(engine)
     lock_text = layout.lock.read_text(encoding="utf-8") if layout.lock.is_file() else None
+    used = original.fingerprint.gpus.get("count") if requested == original.gpus else None
     job_gpus.check(requested, now.get("gpus") or {}, job_gpus.lock_text_cuda(lock_text) if lock_text else None,
-                   replay=True)
+                   replay=True, used=used if isinstance(used, int) else None)
     forced = _check(host_differences(original, now, requested), force)
     image_id, notes = acquire_image(engine, original, layout, rebuild)
     cuda = job_gpus.image_cuda(engine, image_id, lock_text)

@@ -120,7 +120,8 @@ def job_section(host: dict[str, Any], gpus: str) -> dict[str, Any]:
     return section
 
 
-def check(gpus: str, host: dict[str, Any], image_cuda: str | None, *, replay: bool = False) -> None:
+def check(gpus: str, host: dict[str, Any], image_cuda: str | None, *, replay: bool = False,
+          used: int | None = None) -> None:
     """Refuse a job whose GPUs this host cannot give: checked against NVML before any container is made.
 
     Args:
@@ -128,6 +129,7 @@ def check(gpus: str, host: dict[str, Any], image_cuda: str | None, *, replay: bo
         host: this host's :func:`envkit.fingerprint.gpu_section`.
         image_cuda: the CUDA version the image's wheels need (None: not a CUDA image, or unknown).
         replay: word the messages for a replay (the run used N GPUs).
+        used: how many GPUs the recorded run had (a replay of ``--gpus all`` needs as many, not this host's all).
 
     Raises:
         GpuError: no GPU, fewer than asked for, an id this host lacks, or a driver older than the image's CUDA.
@@ -135,13 +137,15 @@ def check(gpus: str, host: dict[str, Any], image_cuda: str | None, *, replay: bo
     if gpus == "none":
         return
     asked = f"the run used --gpus {gpus}" if replay else f"--gpus {gpus}"
+    if replay and used is not None and gpus == "all":
+        asked = f"the run used {used} GPU{'s' if used != 1 else ''} (--gpus all)"
     if not host.get("available"):
         raise GpuError(f"{asked}, and this host has no usable NVIDIA GPU ({host.get('reason') or 'none found'})",
                        hint="run on a host with NVIDIA GPUs and the NVIDIA container toolkit"
                             + (", or replay with --gpus none (a CPU replay is marked mismatched)" if replay
                                else ", or run with --gpus none"))
     have = int(host.get("count") or 0)
-    need = requested_count(gpus, host)
+    need = max(requested_count(gpus, host), used or 0)
     _devices, missing = selected_devices(gpus, host)
     if missing:
         raise GpuError(f"{asked}, and this host has no GPU {missing[0]} (it has {have}: indices 0-{have - 1})",
