@@ -9,7 +9,9 @@ the user, and variables read from an env file.
 - **IPC.** ``private`` by default (the job sees only its own IPC objects); ``shareable`` and ``host`` on request.
   With ``host`` the job uses the host's ``/dev/shm``, so no size is set.
 - **ulimits.** Jobs with GPUs get NCCL's ``memlock`` (unlimited) and ``stack`` (64 MiB), as NVIDIA advises for its
-  framework containers (:data:`envkit.settings.GPU_ULIMITS`); CPU jobs keep the engine's defaults.
+  framework containers (:data:`envkit.settings.GPU_ULIMITS`); CPU jobs keep the engine's defaults. An engine that
+  may not raise them (rootless, or sandboxed without CAP_SYS_RESOURCE) refuses the container at start; the job then
+  runs with the engine's own limits, and the record says so (:func:`without_ulimits`).
 - **User.** ``--user UID[:GID]`` runs the job as that numeric user; without it the executor's rule applies (the
   invoking user, or an unprivileged uid when envkit runs as root).
 
@@ -20,9 +22,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from envkit.engine import ContainerSpec
 from envkit.errors import JobError
 from envkit.settings import DEFAULT_IPC, GPU_ULIMITS, IPC_MODES
 
@@ -97,6 +100,14 @@ def container_settings(gpus: str, memory: str | None = None, shm_size: str | Non
         shm = None  # the host's /dev/shm: Docker ignores a size there
     ulimits = dict(GPU_ULIMITS) if gpus != "none" else {}
     return ContainerSettings(shm_size=shm, ipc=ipc, ulimits=ulimits, user=check_user(user) if user else None)
+
+
+def without_ulimits(spec: ContainerSpec, reason: str) -> ContainerSpec | None:
+    """The spec again without its ulimits when the engine refused to start it for them ("error setting rlimit"),
+    else None (the failure is another one)."""
+    if not spec.ulimits or "rlimit" not in reason.lower():
+        return None
+    return replace(spec, ulimits={})
 
 
 def check_user(user: str) -> str:

@@ -35,6 +35,7 @@ from envkit import cpuprofile
 from envkit.engine import Container, ContainerSpec, Engine, GpuRequest, Mount
 from envkit.errors import EnvkitError, InputChangedError, JobError
 from envkit.run import gpus as job_gpus
+from envkit.run.container import without_ulimits
 from envkit.manifest import ManifestEntry, manifest, outputs_between
 from envkit.run.snapshot import git_info, list_project, snapshot
 from envkit.settings import (
@@ -245,7 +246,19 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
     try:
         job_gpus.check(job.gpus, host_gpus, job.cuda, replay=job.replay_of is not None)  # before the engine tries
         container = engine.create(spec)
-        status, exit_code = _run_container(container, layout, sink, on_started, run_id)
+        try:
+            status, exit_code = _run_container(container, layout, sink, on_started, run_id)
+        except JobError as exc:
+            fallback = without_ulimits(spec, exc.message)  # an engine that may not raise memlock: its own limits
+            if fallback is None:
+                raise
+            container.remove()
+            container = None
+            record.notes.append(f"the engine refused the ulimits {', '.join(spec.ulimits)} ({exc.message}); the job "
+                                "ran with the engine's own")
+            record.ulimits = {}
+            container = engine.create(fallback)
+            status, exit_code = _run_container(container, layout, sink, on_started, run_id)
     except JobError as exc:
         failure = exc
         record.notes.append(f"the job's container could not run: {exc.message}")

@@ -77,6 +77,7 @@ class FakeEngine(Engine):
     start_error: str | None = None
     probe: dict[str, Any] = field(default_factory=lambda: dict(PROBE))
     gpus: int | None = None  # devices the NVIDIA hook gives; None: no NVIDIA container toolkit
+    ulimits_refused: bool = False  # an engine that may not raise ulimits (rootless, sandboxed): refused at start
     gpu_name: str = "NVIDIA H100 80GB HBM3"
     helpers: list[ContainerSpec] = field(default_factory=list)  # every helper container's spec (probe, nvidia-smi)
 
@@ -236,6 +237,9 @@ class FakeContainer(Container):
         refusal = self.engine.gpu_refusal(self.spec)
         if refusal:
             raise JobError(f"the job's container did not start: {refusal}")
+        if self.engine.ulimits_refused and self.spec.ulimits:
+            raise JobError("the job's container did not start: OCI runtime create failed: error setting rlimits for "
+                           "ready process: error setting rlimit type 8: operation not permitted: unknown")
         job = self.engine.jobs.get(self.spec.image) or (lambda ctx: Outcome())
         return self._run(job)
 

@@ -73,6 +73,16 @@ def test_a_gpu_run_records_its_request_its_devices_and_nccls_settings(project, s
     assert (gpus["count"], gpus["host_count"], [d["index"] for d in gpus["devices"]]) == (2, 8, [0, 1])
 
 
+def test_an_engine_that_may_not_raise_ulimits_runs_the_job_with_its_own_and_says_so(project, store, monkeypatch):
+    use_host(monkeypatch, "h100x8")
+    engine = FakeEngine(gpus=8, ulimits_refused=True)
+    record = start(engine, store, project, cuda_image(engine))
+    assert record.status == "succeeded" and record.ulimits == {}
+    assert any("the engine refused the ulimits memlock, stack" in n for n in record.notes)
+    first, second = creates(engine)
+    assert first.ulimits and second.ulimits == {}
+
+
 def test_the_probe_runs_with_the_jobs_gpus_and_is_cached_per_request(project, store, monkeypatch):
     use_host(monkeypatch, "h100x8")
     engine = FakeEngine(gpus=8)
