@@ -60,6 +60,7 @@ step() {  # NAME STATUS SECONDS DETAIL [FIGURES_JSON]
   printf '[%s] %-12s %s: %s\n' "$GPU" "$1" "$2" "$4" >&2
 }
 now() { date +%s.%N; }
+engine_py() { "$PY" -c "import sys; from envkit.engine import connect; $1" "${@:2}"; }  # CODE [ARGS]: with the engine
 since() { "$PY" -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$1" "$(now)"; }
 last_line() { tail -n 1 "$1" 2>/dev/null | cut -c1-300; }
 json_get() {  # FILE EXPR: a value from the file's JSON (the whole file, else its last line; python over `d`)
@@ -83,16 +84,16 @@ echo "envkit GPU check on $GPU ($MODE mode), output in $OUT" >&2
 
 # --- fingerprint ---------------------------------------------------------------------------------------------------
 t=$(now)
-if "$PY" -c "import json; from envkit.fingerprint import host_fingerprint; print(json.dumps(host_fingerprint(), indent=1))" \
+if "$PY" -c "import json; from envkit.fingerprint import host_fingerprint as f; print(json.dumps(f(), indent=1))" \
     > "$OUT/gpu-fingerprint.json" 2> "$OUT/logs/fingerprint.log"; then
   figs=$("$PY" - "$OUT/gpu-fingerprint.json" <<'EOF'
 import json, sys
 g = json.load(open(sys.argv[1]))["gpus"]
-print(json.dumps({"gpus": g.get("count", 0), "driver": g.get("driver_version"), "cuda_driver": g.get("cuda_driver_version"),
-                  "source": g.get("source"), "reason": g.get("reason")}))
+print(json.dumps({"gpus": g.get("count", 0), "driver": g.get("driver_version"),
+                  "cuda_driver": g.get("cuda_driver_version"), "source": g.get("source"), "reason": g.get("reason")}))
 EOF
 )
-  available=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['gpus'].get('available', False))" "$OUT/gpu-fingerprint.json")
+  available=$(json_get "$OUT/gpu-fingerprint.json" "d['gpus'].get('available', False)")
   if [ "$MODE" = cpu ] || [ "$available" = True ]; then
     step fingerprint ok "$(since "$t")" "written to gpu-fingerprint.json" "$figs"
   else
@@ -105,8 +106,10 @@ fi
 # --- determinism ---------------------------------------------------------------------------------------------------
 t=$(now)
 if timeout 900 "$PY" "$HERE/determinism.py" --device "$DEVICE" > "$OUT/logs/determinism.log" 2>&1; then
-  step determinism ok "$(since "$t")" "strict: index_add_ and scatter_add_ identical in 3 processes; nondeterministic ops refused" \
-    "$(json_get "$OUT/logs/determinism.log" "json.dumps({'off_identical': all(v.get('identical') for v in d.get('off', {}).values() if isinstance(v, dict))})")"
+  off_same=$(json_get "$OUT/logs/determinism.log" \
+    "json.dumps({'off_identical': all(v.get('identical') for v in d.get('off', {}).values() if isinstance(v, dict))})")
+  step determinism ok "$(since "$t")" \
+    "strict: index_add_ and scatter_add_ identical in 3 processes; nondeterministic ops refused" "$off_same"
 else
   step determinism failed "$(since "$t")" "$(last_line "$OUT/logs/determinism.log")"
 fi
@@ -114,7 +117,8 @@ fi
 # --- cost ----------------------------------------------------------------------------------------------------------
 t=$(now)
 if [ "$MODE" = gpu ]; then rounds=5; steps=40; else rounds=2; steps=5; fi
-if timeout 900 "$PY" "$HERE/cnn_cost.py" --device "$DEVICE" --rounds "$rounds" --steps "$steps" > "$OUT/logs/cost.log" 2>&1; then
+if timeout 900 "$PY" "$HERE/cnn_cost.py" --device "$DEVICE" --rounds "$rounds" --steps "$steps" \
+    > "$OUT/logs/cost.log" 2>&1; then
   ratio=$(json_get "$OUT/logs/cost.log" "d['ratio_strict_over_off']")
   step cost ok "$(since "$t")" "small CNN training step, strict / off = ${ratio}x" "$(tail -n 1 "$OUT/logs/cost.log")"
 else
@@ -124,7 +128,7 @@ fi
 # --- engine --------------------------------------------------------------------------------------------------------
 t=$(now)
 ENGINE=no
-if "$PY" -c "from envkit.engine import connect; connect(timeout=20)" > "$OUT/logs/engine.log" 2>&1; then
+if engine_py "connect(timeout=20)" > "$OUT/logs/engine.log" 2>&1; then
   ENGINE=yes
   envkit doctor --json --lock "$ROOT/lockfiles/cuda.lock.yaml" > "$OUT/logs/doctor.json" 2>> "$OUT/logs/engine.log"
   gpu_ok=$("$PY" - "$OUT/logs/doctor.json" <<'EOF'
@@ -143,7 +147,8 @@ EOF
     ENGINE=no-gpu
   fi
 else
-  step engine skipped "$(since "$t")" "no Docker engine here ($(last_line "$OUT/logs/engine.log")): the container steps are skipped"
+  step engine skipped "$(since "$t")" \
+    "no Docker engine here ($(last_line "$OUT/logs/engine.log")): the container steps are skipped"
 fi
 
 # --- image ---------------------------------------------------------------------------------------------------------
@@ -151,7 +156,7 @@ t=$(now)
 if [ "$ENGINE" = no ]; then
   step image skipped 0 "no Docker engine"
 elif [ -n "$IMAGE" ]; then
-  if docker_id=$("$PY" -c "import sys; from envkit.engine import connect; print(connect().image(sys.argv[1]).id)" "$IMAGE" 2> "$OUT/logs/image.log"); then
+  if docker_id=$(engine_py "print(connect().image(sys.argv[1]).id)" "$IMAGE" 2> "$OUT/logs/image.log"); then
     IMAGE="$docker_id"
     step image ok "$(since "$t")" "given: $IMAGE"
   else
@@ -165,10 +170,11 @@ else
   if [ -n "${ENVKIT_BASE_TAR:-}" ]; then docker load -i "$ENVKIT_BASE_TAR" >> "$OUT/logs/image.log" 2>&1; fi
   base=""
   for tag in envkit/base:bookworm-py3.11-dev envkit/base:bookworm-py3.11; do
-    if "$PY" -c "import sys; from envkit.engine import connect; sys.exit(connect().find_image(sys.argv[1]) is None)" "$tag"; then base=$tag; break; fi
+    if engine_py "sys.exit(connect().find_image(sys.argv[1]) is None)" "$tag"; then base=$tag; break; fi
   done
   if [ -z "$base" ]; then
-    step image skipped "$(since "$t")" "no base image (make one with envkit base ... --compiler, or ENVKIT_BASE_TAR=base.tar)"
+    step image skipped "$(since "$t")" \
+      "no base image (make one with envkit base ... --compiler, or ENVKIT_BASE_TAR=base.tar)"
   else
     cat > "$OUT/work/gpu-check.envkit.yaml" <<EOF
 name: gpu-check
@@ -178,13 +184,15 @@ packages:
   - torch==${ENVKIT_GPU_TORCH:-2.13.0}
 pip_config: true
 EOF
-    if timeout 900 "$PY" -m envkit lock "$OUT/work/gpu-check.envkit.yaml" -o "$OUT/work/gpu-check.lock.yaml" >> "$OUT/logs/image.log" 2>&1 \
-      && timeout 1800 "$PY" -m envkit build "$OUT/work/gpu-check.lock.yaml" --json > "$OUT/logs/build.json" 2>> "$OUT/logs/image.log"; then
+    lock="$OUT/work/gpu-check.lock.yaml"
+    if timeout 900 "$PY" -m envkit lock "$OUT/work/gpu-check.envkit.yaml" -o "$lock" >> "$OUT/logs/image.log" 2>&1 \
+      && timeout 1800 "$PY" -m envkit build "$lock" --json > "$OUT/logs/build.json" 2>> "$OUT/logs/image.log"; then
       IMAGE=$(json_get "$OUT/logs/build.json" "d['image_id']")
-      step image ok "$(since "$t")" "built from torch==${ENVKIT_GPU_TORCH:-2.13.0} on $base" \
-        "$(json_get "$OUT/logs/build.json" "json.dumps({'build_s': round(d['seconds'], 1), 'cache_hit': d['cache_hit']})")"
+      figs=$(json_get "$OUT/logs/build.json" "json.dumps({'build_s': round(d['seconds']), 'cache_hit': d['cache_hit']})")
+      step image ok "$(since "$t")" "built from torch==${ENVKIT_GPU_TORCH:-2.13.0} on $base" "$figs"
     else
-      step image skipped "$(since "$t")" "could not lock or build the CUDA image offline: $(last_line "$OUT/logs/image.log") (give --image)"
+      step image skipped "$(since "$t")" \
+        "could not lock or build the CUDA image offline: $(last_line "$OUT/logs/image.log") (give --image)"
     fi
   fi
 fi
@@ -206,18 +214,21 @@ fi
 project="$OUT/work/project"
 rm -rf "$project" && mkdir -p "$project" && cp "$HERE/jobs/digest.py" "$HERE/jobs/compile.py" "$project/"
 run_and_replay() {  # NAME GPUS EXPECT
-  local name=$1 gpus=$2 expect=$3 t rid verdict
+  local name=$1 gpus=$2 expect=$3 t rid verdict why
   t=$(now)
   if ! (cd "$project" && timeout 900 "$PY" -m envkit run --seed 5 --gpus "$gpus" --image "$IMAGE" --json digest.py \
         --expect "$expect") > "$OUT/logs/$name.json" 2> "$OUT/logs/$name.log"; then
-    step "$name" failed "$(since "$t")" "envkit run --gpus $gpus: $(grep -m1 '^error' "$OUT/logs/$name.log" || last_line "$OUT/logs/$name.log")"
+    why=$(grep -m1 '^error' "$OUT/logs/$name.log" || last_line "$OUT/logs/$name.log")
+    step "$name" failed "$(since "$t")" "envkit run --gpus $gpus: $why"
     return
   fi
   rid=$(json_get "$OUT/logs/$name.json" "d['run_id']")
-  (cd "$project" && timeout 900 "$PY" -m envkit replay "$rid" --json) > "$OUT/logs/$name-replay.json" 2>> "$OUT/logs/$name.log"
+  (cd "$project" && timeout 900 "$PY" -m envkit replay "$rid" --json) \
+    > "$OUT/logs/$name-replay.json" 2>> "$OUT/logs/$name.log"
   verdict=$(json_get "$OUT/logs/$name-replay.json" "d['verdict']['kind']")
   if [ "$verdict" = IDENTICAL ]; then
-    step "$name" ok "$(since "$t")" "run $rid (--gpus $gpus) replayed IDENTICAL" "{\"run_id\": \"$rid\", \"verdict\": \"$verdict\"}"
+    step "$name" ok "$(since "$t")" "run $rid (--gpus $gpus) replayed IDENTICAL" \
+      "{\"run_id\": \"$rid\", \"verdict\": \"$verdict\"}"
   else
     step "$name" failed "$(since "$t")" "replay of $rid: ${verdict:-no verdict} ($(last_line "$OUT/logs/$name.log"))"
   fi
@@ -227,11 +238,16 @@ if [ "$ENGINE" = no ] || [ -z "$IMAGE" ]; then
   step run-none skipped 0 "no engine or no image"
   step compile skipped 0 "no engine or no image"
 else
-  if [ "$MODE" = gpu ] && [ "$ENGINE" = yes ]; then run_and_replay run-gpu 1 cuda; else step run-gpu skipped 0 "no GPU containers here"; fi
+  if [ "$MODE" = gpu ] && [ "$ENGINE" = yes ]; then
+    run_and_replay run-gpu 1 cuda
+  else
+    step run-gpu skipped 0 "no GPU containers here"
+  fi
   run_and_replay run-none none cpu
   if [ "$MODE" = gpu ] && [ "$ENGINE" = yes ]; then
     t=$(now)
-    if (cd "$project" && timeout 900 "$PY" -m envkit run --seed 1 --gpus 1 --image "$IMAGE" compile.py) > "$OUT/logs/compile.log" 2>&1; then
+    if (cd "$project" && timeout 900 "$PY" -m envkit run --seed 1 --gpus 1 --image "$IMAGE" compile.py) \
+        > "$OUT/logs/compile.log" 2>&1; then
       step compile ok "$(since "$t")" "torch.compile ran on the GPU in the image"
     else
       step compile failed "$(since "$t")" "$(grep -m1 -E 'Error|error' "$OUT/logs/compile.log" | cut -c1-300)"

@@ -34,9 +34,9 @@ from typing import Any, BinaryIO
 from envkit import cpuprofile
 from envkit.engine import Container, ContainerSpec, Engine, GpuRequest, Mount
 from envkit.errors import EnvkitError, InputChangedError, JobError
+from envkit.manifest import ManifestEntry, manifest, outputs_between
 from envkit.run import gpus as job_gpus
 from envkit.run.container import without_ulimits
-from envkit.manifest import ManifestEntry, manifest, outputs_between
 from envkit.run.snapshot import git_info, list_project, snapshot
 from envkit.settings import (
     CONTAINER_META,

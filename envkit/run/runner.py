@@ -81,8 +81,9 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
         job_gpus.check(gpus, host.get("gpus") or {}, cuda)
         resolved = resolve_image(engine, project, request.lock, request.image,
                                  request.cpu_profile or DEFAULT_CPU_PROFILE)
-    except GpuError:
-        resolved = ResolvedImage("", request.image, [], None, None, None)
+    except GpuError:  # nothing is built for a job that cannot run here; an --image given is still recorded
+        resolved = (resolve_image(engine, project, None, request.image, DEFAULT_CPU_PROFILE) if request.image
+                    else ResolvedImage("", None, [], None, None, None))
     # An --image already carries its profile's ENV; a different one for the run would be recorded but not in effect.
     cpu_profile = request.cpu_profile or resolved.cpu_profile or DEFAULT_CPU_PROFILE
     if resolved.cpu_profile and resolved.cpu_profile != cpu_profile:
