@@ -70,7 +70,11 @@ def format_size(n: int) -> str:
 def default_shm_size(memory: str | None, host_memory: int | None) -> str:
     """Half of the memory the job may use (``--memory``, else the host's RAM), as Linux sizes ``/dev/shm``; at least
     Docker's 64 MB."""
-    limits = [n for n in (parse_size(memory) if memory else None, host_memory) if n]
+    try:
+        limit = parse_size(memory) if memory else None
+    except ValueError:  # the engine refuses a bad --memory itself, and the run is recorded failed with its words
+        limit = None
+    limits = [n for n in (limit, host_memory) if n]
     budget = min(limits) if limits else 2 * 2**30
     return format_size(max(DOCKER_DEFAULT_SHM, budget // 2))
 

@@ -31,6 +31,7 @@ GIB = 2**30
     ("64g", 16 * GIB, "8g"),  # a limit above the host's RAM: the RAM
     ("96m", 16 * GIB, "64m"),  # never under Docker's own 64 MB
     (None, None, "1g"),  # memory unknown
+    ("lots", 16 * GIB, "8g"),  # not a size: the engine refuses it (and the run is recorded failed), not this
 ])
 def test_the_default_shm_is_half_the_memory_the_job_may_use(memory, host, expected):
     assert default_shm_size(memory, host) == expected
