@@ -33,6 +33,8 @@ def replay_cmd(
     upstream: bool = typer.Option(False, "--upstream",
                                   help="Replay the runs whose outputs it took as --input first (in order), then "
                                        "this run on their replays' outputs."),
+    gpus: str = typer.Option(None, "--gpus", help="Replay with this GPU request instead of the recorded one (all | "
+                                                  "none | N | device=0,2); fewer or other GPUs are a mismatch."),
     json_out: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
     mlflow: str = typer.Option(None, "--mlflow", metavar="[URI]",
                                help=MLFLOW_OPTION_HELP + " Replays export whenever a URI is configured; the "
@@ -45,7 +47,8 @@ def replay_cmd(
     checked against its record, the image pulled by its recorded digest, the platform checked.
 
     A run that wrote no output file is judged on its stdout. Exit codes: 0 IDENTICAL, 3 DIVERGED, 4 FAILED,
-    5 UNVERIFIED (nothing to compare); 40 platform refused (see --force), 41 an input changed.
+    5 UNVERIFIED (nothing to compare); 40 platform refused (see --force), 41 an input changed, 37 this host cannot
+    give the run its GPUs (too few, or a driver too old for the image's CUDA).
     """
     from envkit.cli._progress import LiveProgress
     from envkit.cli.mlflow import export_after_replay, mlflow_settings
@@ -87,7 +90,7 @@ def replay_cmd(
         if upstream:
             chain = replay_chain(connect(), store, run_id, on_replayed=None if json_out else _print_result, **options)
         else:
-            result = replay(connect(), store, run_id, **options)
+            result = replay(connect(), store, run_id, gpus=gpus, **options)
     except PlatformMismatchError as exc:
         err_console.print(render_diffs(exc.differences), highlight=False)
         raise

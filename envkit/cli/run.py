@@ -18,6 +18,7 @@ from envkit.settings import (
     DEFAULT_THREADS,
     DEFAULT_TRACE,
     DETERMINISM_LEVELS,
+    IPC_MODES,
     NETWORK_MODES,
 )
 from envkit.tracking.config import looks_like_tracking_uri
@@ -26,9 +27,12 @@ SEED_MAX = 2**32 - 1
 
 
 def _gpus(value: str) -> str:
-    if value in ("all", "none") or (value.isdigit() and int(value) > 0):
-        return value
-    raise typer.BadParameter(f"{value!r} is not all, none or a positive count")
+    from envkit.run.gpus import parse_gpus
+
+    try:
+        return parse_gpus(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _trace(value: str) -> str:
@@ -52,7 +56,9 @@ def run_cmd(
                                     help="strict | warn | seed | off."),
     threads: int = typer.Option(DEFAULT_THREADS, "--threads", min=1, max=512,
                                 help="Fixed CPU thread count (torch, OpenMP, MKL); recorded with the run."),
-    gpus: str = typer.Option("none", "--gpus", callback=_gpus, help="all | none | N (NVIDIA container toolkit)."),
+    gpus: str = typer.Option("none", "--gpus", callback=_gpus,
+                             help="all | none | N (devices 0..N-1) | device=0,2 (indices or UUIDs); NVIDIA container "
+                                  "toolkit."),
     cpu_profile: str = typer.Option(None, "--cpu-profile", callback=choice(CPU_PROFILES),
                                     help="native, or portable (bit-identical across CPU models); default: the "
                                          "--image's own profile, else native."),
@@ -67,6 +73,14 @@ def run_cmd(
     env: list[str] = typer.Option(None, "--env", help="KEY=VALUE for the job (repeatable); secrets are redacted in "
                                                        "the record."),
     memory: str = typer.Option(None, "--memory", help="Memory limit, e.g. 4g; a job killed for memory is marked oom."),
+    shm_size: str = typer.Option(None, "--shm-size", help="/dev/shm size, e.g. 16g (default: half the job's memory, "
+                                                          "as Linux gives it; Docker's 64m kills DataLoaders)."),
+    ipc: str = typer.Option(None, "--ipc", callback=choice(IPC_MODES), help="IPC namespace: private (default), "
+                                                                            "shareable or host."),
+    env_file: Path = typer.Option(None, "--env-file", help="KEY=VALUE lines for the job (as docker's --env-file); "
+                                                           "secrets are redacted in the record; --env wins."),
+    user: str = typer.Option(None, "--user", help="UID[:GID] to run the job as (default: you; an unprivileged uid "
+                                                  "when envkit runs as root)."),
     json_out: bool = typer.Option(False, "--json", help="Print a record summary as JSON at the end."),
     mlflow: str = typer.Option(None, "--mlflow", metavar="[URI]", help=MLFLOW_OPTION_HELP),
 ) -> None:
@@ -89,7 +103,8 @@ def run_cmd(
     request = RunRequest(
         script=script, args=list(args or []), seed=seed, lock=lock, image=image, determinism=determinism,
         threads=threads, gpus=gpus, cpu_profile=cpu_profile, mounts=list(mount or []), trace=trace, network=network,
-        env=_parse_env(env or []), memory=memory, project=Path.cwd(),
+        env=_parse_env(env or []), memory=memory, project=Path.cwd(), shm_size=shm_size, ipc=ipc, env_file=env_file,
+        user=user,
         command=["envkit", *sys.argv[1:]] if sys.argv and "envkit" in Path(sys.argv[0]).name else [],
     )
     request = configured_request(request, list(inputs or []), {"gpus": _gpus, "trace": _trace})
@@ -130,8 +145,10 @@ def _parse_env(items: list[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
-        if key.startswith("ENVKIT_") or key in ("PYTHONHASHSEED",):
-            raise typer.BadParameter(f"{key} is set by envkit from the run's options", param_hint="--env")
+        if key.startswith("ENVKIT_") or key in ("PYTHONHASHSEED", "NVIDIA_VISIBLE_DEVICES"):
+            raise typer.BadParameter(f"{key} is set by envkit from the run's options"
+                                     + (" (choose GPUs with --gpus)" if key == "NVIDIA_VISIBLE_DEVICES" else ""),
+                                     param_hint="--env")
         out[key] = value
     return out
 
@@ -142,5 +159,5 @@ def summary(record) -> dict:
         "determinism": record.determinism, "threads": record.threads, "cpu_profile": record.cpu_profile,
         "image": record.image.id, "image_digests": record.image.digests, "code_sha256": record.code.sha256,
         "outputs": [e.to_dict() for e in record.outputs], "timings": record.timings.__dict__,
-        "replay_of": record.replay_of,
+        "replay_of": record.replay_of, "gpus": record.gpus, "shm_size": record.shm_size, "ipc": record.ipc,
     }

@@ -106,6 +106,7 @@ class DockerEngine(Engine):
                 "kernel": info.get("KernelVersion"),
                 "runtimes": sorted((info.get("Runtimes") or {}).keys()),
                 "default_runtime": info.get("DefaultRuntime"),
+                "root_dir": info.get("DockerRootDir"),  # where images live: a build checks its free space there
             }
         return dict(self._facts)
 
@@ -282,10 +283,32 @@ class DockerEngine(Engine):
             self.client.api.remove_container(container_id, force=True)
 
 
+# What the NVIDIA container toolkit says when a GPU container cannot start (at start, not at create), and what to do.
+_GPU_HINTS = (
+    ("could not select device driver", "the Docker engine has no NVIDIA hook: install the NVIDIA container toolkit "
+                                       "(nvidia-ctk runtime configure --runtime=docker) and restart dockerd, or run "
+                                       "with --gpus none"),
+    ("unknown device", "this host has fewer GPUs than requested, or not that id: `envkit fingerprint` lists them"),
+    ("unsatisfied condition: cuda", "the NVIDIA driver is older than the image's CUDA (NVIDIA_REQUIRE_CUDA): update "
+                                    "the driver, or use a lock with an older CUDA's wheels"),
+    ("driver not loaded", "the NVIDIA kernel module is not loaded on this host (nvidia-smi fails too): load it"),
+    ("driver/library version mismatch", "the NVIDIA driver was updated without a reboot: reboot the host"),
+    ("libnvidia-ml.so", "the NVIDIA driver's libraries are missing on this host: install the driver"),
+    ("nvidia-container-cli", "the NVIDIA container toolkit could not give the container its GPUs: `envkit doctor` "
+                             "checks a GPU container"),
+)
+
+
+def gpu_hint(reason: str) -> str | None:
+    """The hint for a GPU container that cannot start, from the toolkit's message (None: not a GPU problem)."""
+    low = reason.lower()
+    return next((hint for key, hint in _GPU_HINTS if key in low), None)
+
+
 def _create_hint(spec: ContainerSpec, reason: str) -> str | None:
     low = reason.lower()
     if spec.gpus is not None and ("gpu" in low or "device driver" in low or "nvidia" in low):
-        return "install the NVIDIA container toolkit, or run with --gpus none"
+        return gpu_hint(reason) or "install the NVIDIA container toolkit, or run with --gpus none"
     if "memory" in low or "invalid size" in low:
         return "give a memory size such as 512m or 4g"
     return None
@@ -337,8 +360,11 @@ class DockerContainer(Container):
 
 def _start_hint(spec: ContainerSpec, reason: str) -> str | None:
     low = reason.lower()
-    if "could not select device driver" in low or ("gpu" in low and spec.gpus is not None):
-        return "install the NVIDIA container toolkit on this host, or run with --gpus none"
+    hint = gpu_hint(reason) if spec.gpus is not None or "device driver" in low else None
+    if hint:
+        return hint
+    if "rlimit" in low and spec.ulimits:
+        return "the engine cannot raise the job's ulimits (memlock, stack; a rootless engine?)"
     if "executable file not found" in low or "no such file or directory" in low:
         return "the command is not in the image; check the image or the command"
     return _create_hint(spec, reason)

@@ -181,23 +181,92 @@ def parse_interval(value):
 
 def digest(tensor):
     """CRC-32 of a tensor's bytes as 8 hex digits (a copy to the CPU first when it lives elsewhere)."""
+    t = _dense(tensor)
+    if isinstance(t, str):
+        return t
+    if t.device.type != "cpu":
+        t = t.cpu()
+    return _crc(t.data_ptr(), t.numel() * t.element_size())
+
+
+def digest_many(tensors, stage=False):
+    """:func:`digest` of each tensor, with the copies off a GPU batched.
+
+    Copying each parameter to the host alone costs a synchronisation per parameter; here the tensors on CUDA
+    devices are copied with ``non_blocking`` into one pinned staging buffer of :data:`STAGE_BYTES`, and the
+    devices synchronised once per full buffer. The digests are those :func:`digest` gives. ``stage=True`` takes
+    CPU tensors through the staging path too (the tests check it against :func:`digest` on a machine without a GPU).
+    """
+    out = [None] * len(tensors)
+    batch, used = [], 0
+    for i, tensor in enumerate(tensors):
+        t = _dense(tensor)
+        if isinstance(t, str):
+            out[i] = t
+            continue
+        nbytes = t.numel() * t.element_size()
+        if nbytes > STAGE_BYTES or not (t.device.type == "cuda" or stage) or t.dim() == 0:
+            out[i] = digest(t)
+            continue
+        if used + nbytes > STAGE_BYTES:
+            _flush(batch, out)
+            batch, used = [], 0
+        batch.append((i, t, used, nbytes))
+        used += nbytes
+    _flush(batch, out)
+    return out
+
+
+STAGE_BYTES = 64 << 20
+_stage = None
+
+
+def _flush(batch, out):
+    """Copy a batch of tensors into the staging buffer, wait for their devices once, and digest each slice."""
+    global _stage
+    if not batch:
+        return
+    torch = _torch or sys.modules["torch"]
+    if _stage is None:
+        pinned = torch.cuda.is_available()
+        _stage = torch.empty(STAGE_BYTES, dtype=torch.uint8, pin_memory=pinned)
+    devices = set()
+    try:
+        for _i, t, offset, nbytes in batch:
+            _stage[offset:offset + nbytes].copy_(t.reshape(-1).view(torch.uint8), non_blocking=True)
+            if t.device.type == "cuda":
+                devices.add(t.device)
+        for device in devices:
+            torch.cuda.synchronize(device)
+    except Exception:  # noqa: BLE001 - a dtype that cannot be viewed as bytes: one copy each, as digest() does
+        for i, t, _offset, _nbytes in batch:
+            out[i] = digest(t)
+        return
+    base = _stage.data_ptr()
+    for i, _t, offset, nbytes in batch:
+        out[i] = _crc(base + offset, nbytes)
+
+
+def _dense(tensor):
+    """The tensor as contiguous dense memory on its device, or a digest string for what has no bytes here."""
     t = tensor.detach()
     to_local = getattr(t, "to_local", None)  # a DTensor: this rank's shard
     if to_local is not None:
         t = to_local()
     if t.device.type == "meta":
         return "meta"
-    if t.device.type != "cpu":
-        t = t.cpu()
     if t.is_sparse:
         t = t.to_dense()
     if not t.is_contiguous():
         t = t.contiguous()
-    nbytes = t.numel() * t.element_size()
+    return t
+
+
+def _crc(address, nbytes):
     if nbytes == 0:
         return "00000000"
     # Read the bytes where they are: no numpy round trip (bfloat16 has no numpy dtype) and no copy.
-    buffer = (ctypes.c_char * nbytes).from_address(t.data_ptr())
+    buffer = (ctypes.c_char * nbytes).from_address(address)
     return f"{zlib.crc32(buffer):08x}"
 
 
@@ -313,9 +382,12 @@ def _record(optimizer, state):
 
 
 def _digests(named, grads):
-    out = {"params": {name: digest(p) for name, p in named}}
+    names = [name for name, _ in named]
+    out = {"params": dict(zip(names, digest_many([p for _, p in named])))}
     if grads:
-        out["grads"] = {name: (None if p.grad is None else digest(p.grad)) for name, p in named}
+        with_grad = [(name, p.grad) for name, p in named if p.grad is not None]
+        found = dict(zip([n for n, _ in with_grad], digest_many([g for _, g in with_grad])))
+        out["grads"] = {name: found.get(name) for name in names}
     return out
 
 

@@ -142,6 +142,13 @@ class RunRecord:
     verdict: dict[str, Any] | None = None  # replays: IDENTICAL / DIVERGED / FAILED and the evidence
     network: str = "none"  # the container's network: none or bridge
     user: str | None = None  # uid:gid the job ran as
+    # Container settings (envkit.run.container, envkit.run.gpus); a replay uses them. None: an older record.
+    gpus: str = "none"  # the GPU request: all, none, N or device=ID,...
+    shm_size: str | None = None  # /dev/shm size (docker syntax); None with --ipc host
+    ipc: str | None = None  # private | shareable | host
+    ulimits: dict[str, list[int]] = field(default_factory=dict)  # name -> [soft, hard]; -1 = unlimited
+    user_explicit: bool = False  # the user came from --user (a replay keeps it), not from envkit's default rule
+    env_file: str | None = None  # --env-file, absolute: a replay reads the variables redacted here from it again
     host_pid: int | None = None  # the envkit process that ran it, and that process's start time (clock ticks):
     host_pid_start: int | None = None  # a `running` record whose process is gone was abandoned
     argv: list[str] = field(default_factory=list)  # the job's command in the container (`python SCRIPT ARGS` or
