@@ -96,13 +96,13 @@ def test_gpus_1_on_a_host_without_gpus_is_one_line_and_a_failed_record(shm_proje
         pytest.skip("this host has an NVIDIA driver")
     r = envkit("run", "--seed", "1", "--image", tiny_image, "--gpus", "1", "shm.py", cwd=shm_project)
     assert r.returncode == 125, r.stderr  # envkit run's own failure, as docker run's
-    j = envkit("run", "--seed", "1", "--image", tiny_image, "--gpus", "1", "--json", "shm.py", cwd=shm_project)
-    assert json.loads(j.stdout)["error"]["code"] == GpuError.exit_code
     lines = r.stderr.strip().splitlines()
     assert lines[0].startswith("error: --gpus 1, and this host has no usable NVIDIA GPU") and len(lines) == 2
     assert lines[1].startswith("hint: ")
     runs = json.loads(envkit("runs", "--json", cwd=shm_project).stdout)
     assert [row["status"] for row in runs] == ["failed"]
+    j = envkit("run", "--seed", "1", "--image", tiny_image, "--gpus", "1", "--json", "shm.py", cwd=shm_project)
+    assert j.returncode == 125 and json.loads(j.stdout)["error"]["code"] == GpuError.exit_code  # who failed, and why
 
 
 LOADER = """
