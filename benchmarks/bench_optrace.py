@@ -1,0 +1,124 @@
+"""Op-trace cost per traced step on small CPU trainings, against the same step untraced, side by side in one run.
+
+    python benchmarks/bench_optrace.py [--rounds 15] [--models mlp,cnn]
+
+Two models, one thread (as `envkit run` pins it): an MLP (784-256-256-10, Adam, batch 64) and a small CNN (two
+convolutions, batch norm, pooling, a linear head; Adam, batch 32 of 3x32x32). Each round, in this process and in a
+rotating order, times one training step (zero_grad, forward, loss, backward, optimizer step) three ways:
+
+* untraced;
+* armed: the op trace installed for a step far ahead (what every step outside the window costs: the optimizer hooks);
+* traced: the op trace installed for the next step, so this step is the window (every op through the dispatch mode,
+  a CRC-32 of every output, the module and frame of every op, the file written at the end of the window).
+
+Printed: the medians of the per-round ratios to the untraced step (CPU time), the ops per step, the cost per op, and
+the share of the traced step spent in the tracer's own bookkeeping (``trace_s`` of the end record). Ratios, never a
+bare time: the machine's speed cancels out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from envkit.injob import optrace
+
+FAR = 10**9  # a step never reached: the trace is armed, its window never opens
+
+
+def mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    return model, torch.randn(64, 784), torch.randint(0, 10, (64,))
+
+
+def cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(), nn.Linear(32 * 16, 10),
+    )
+    return model, torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+
+
+MODELS = {"mlp": ("MLP 784-256-256-10, batch 64", mlp), "cnn": ("CNN 2 conv + BN + linear, batch 32x3x32x32", cnn)}
+
+
+def one_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    """CPU seconds of one training step."""
+    t0 = time.process_time()
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    return time.process_time() - t0
+
+
+def timed(mode: str, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+          folder: Path) -> tuple[float, dict | None]:
+    """(CPU seconds of one step, the end record when traced) under one mode."""
+    if mode == "untraced":
+        return one_step(model, opt, x, y), None
+    path = folder / "optrace.jsonl"
+    optrace.install(torch, step=1 if mode == "traced" else FAR, path=str(path))
+    try:
+        seconds = one_step(model, opt, x, y)
+    finally:
+        optrace.uninstall()
+    end = None
+    if path.exists():
+        end = json.loads(path.read_text().splitlines()[-1])
+        path.unlink()
+    return seconds, end
+
+
+def bench(name: str, rounds: int, folder: Path) -> None:
+    label, make = MODELS[name]
+    torch.manual_seed(0)
+    model, x, y = make()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(5):  # warm up: allocator, kernels, Adam state
+        one_step(model, opt, x, y)
+    modes = ["untraced", "armed", "traced"]
+    ratios: dict[str, list[float]] = {m: [] for m in modes}
+    base, ops, shares = [], [], []
+    for r in range(rounds):
+        order = modes[r % 3:] + modes[:r % 3]
+        got = {mode: timed(mode, model, opt, x, y, folder) for mode in order}
+        untraced = got["untraced"][0]
+        base.append(untraced)
+        for mode in modes:
+            ratios[mode].append(got[mode][0] / untraced)  # paired within the round: slow drifts cancel
+        end = got["traced"][1]
+        ops.append(end["ops"])
+        shares.append(end["trace_s"] / got["traced"][0])
+    step_s = statistics.median(base)
+    traced = statistics.median(ratios["traced"])
+    n_ops = statistics.median(ops)
+    print(f"{label}: {n_ops:.0f} ops per step, untraced step {step_s * 1e3:.2f} ms (CPU), {rounds} rounds, medians")
+    print(f"  armed (outside the window) / untraced: {statistics.median(ratios['armed']):.3f}")
+    print(f"  traced step / untraced step:           {traced:.2f}  "
+          f"({(traced - 1) * step_s / n_ops * 1e6:.1f} us added per op)")
+    print(f"  tracer bookkeeping (digests, frames, JSON) / traced step: {100 * statistics.median(shares):.0f}%")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--models", default="mlp,cnn")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            bench(name.strip(), args.rounds, Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
