@@ -18,7 +18,9 @@ included, into the threads that run the backward pass. On the CPU that is the ca
 device thread. So every backward op is seen, in the order the engine runs it. (With ops on two devices, the threads'
 interleaving can change from run to run.) Python threads the job starts are not traced: a thread starts with no mode.
 DataLoader workers forked inside the window inherit the mode; a fork handler turns it off in the child, which writes
-nothing.
+nothing. Ops that torch.utils.data runs in the training process (a batch rebuilt from a worker's shared memory, the
+loader's seed, collation without workers) are not recorded: where they fall depends on when workers deliver, and the
+data they carry shows in the first op that reads it.
 
 What is recorded per op (JSON lines, one file per process named like the step trace's: ``optrace.jsonl``,
 ``optrace.rank{R}.jsonl``, ``optrace.2.jsonl``)::
@@ -90,7 +92,10 @@ _SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bf
 _tracer = None
 _fork_handler_registered = False
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
-_internal = {}  # co_filename -> whether it is torch's, Python's or envkit's (kept across installs: it cannot change)
+# Where a frame's code lives. Ops under torch.utils.data or torch.multiprocessing (a batch rebuilt from a worker's
+# shared memory, the loader's seed) are not recorded: where they fall in the stream depends on when workers deliver.
+_USER, _INTERNAL, _LOADER = "user", "internal", "loader"
+_kinds = {}  # co_filename -> one of the three (kept across installs: it cannot change)
 _roots = None
 
 
@@ -418,6 +423,12 @@ class _Tracer:
     # -- recording --
     def record(self, func, out, saved):
         t0 = time.perf_counter()
+        node = self.current_node() if self.current_node is not None else None
+        at = None
+        if node is None:
+            at = self._user_frame()
+            if at is _LOADER:
+                return
         with self.index_lock:  # device threads of the backward pass record too
             i = self.next_index
             self.next_index += 1
@@ -433,18 +444,19 @@ class _Tracer:
                     for t in items]
         else:
             outs = [self._output(item) for item in items]
-        node = self.current_node() if self.current_node is not None else None
         # Kept as a list until the batch is written: the JSON is made there, once per batch.
         if node is None:
             owner = threading.get_ident() == self.owner
             module = self.stack[-1][1] if self.stack and owner else None
-            at = self._user_frame()
             if owner and self.sequence_nr is not None:
                 self._note_nodes(module, at)
             self.pending.append((i, name, outs, module, at, None, None if module else self.optim))
         else:
             module, at = self.forward_of.get(node._sequence_nr(), (None, None))
-            self.pending.append((i, name, outs, module, at or self._user_frame(), node.name(), None))
+            if at is None:
+                at = self._user_frame()
+                at = None if at is _LOADER else at
+            self.pending.append((i, name, outs, module, at, node.name(), None))
         if saved is not None:
             self._save(i, name, saved, out)
         if len(self.pending) >= FLUSH_EVERY:
@@ -494,15 +506,18 @@ class _Tracer:
         return name
 
     def _user_frame(self):
+        """``(file, line)`` of the innermost frame in the user's code; None; or _LOADER for torch.utils.data's work."""
         frame = sys._getframe(2)
-        cache = _internal
+        cache = _kinds
         while frame is not None:
             code = frame.f_code
-            internal = cache.get(code.co_filename)
-            if internal is None:
-                internal = cache[code.co_filename] = _is_internal(code.co_filename, self.roots)
-            if not internal:
+            kind = cache.get(code.co_filename)
+            if kind is None:
+                kind = cache[code.co_filename] = _kind(code.co_filename, self.roots)
+            if kind is _USER:
                 return code.co_filename, frame.f_lineno
+            if kind is _LOADER:
+                return _LOADER
             frame = frame.f_back
         return None
 
@@ -703,22 +718,28 @@ def _internal_roots(torch):
     paths = sysconfig.get_paths()
     stdlib = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if paths.get(k)}
     sites = {os.path.realpath(paths[k]) for k in ("purelib", "platlib") if paths.get(k)}
-    mine = {os.path.dirname(os.path.realpath(__file__)), os.path.dirname(os.path.realpath(torch.__file__))}
-    _roots = (stdlib, sites, mine)
+    torch_dir = os.path.dirname(os.path.realpath(torch.__file__))
+    mine = {os.path.dirname(os.path.realpath(__file__)), torch_dir}
+    loader = {os.path.join(torch_dir, "utils", "data"), os.path.join(torch_dir, "multiprocessing")}
+    _roots = (stdlib, sites, mine, loader)
     return _roots
 
 
-def _is_internal(filename, roots):
+def _kind(filename, roots):
+    """_USER, _INTERNAL (torch, the standard library, envkit) or _LOADER (torch's data loading)."""
     if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string> from torch's own codegen
-        return True
-    stdlib, sites, mine = roots
+        return _INTERNAL
+    stdlib, sites, mine, loader = roots
     real = os.path.realpath(filename)
-    if any(real.startswith(root + os.sep) for root in mine):
-        return True
-    if os.path.basename(real).startswith("envkit_"):  # the bootstrap and step trace as the image holds them
-        return True
-    return any(real.startswith(root + os.sep) for root in stdlib) and not any(
-        real.startswith(root + os.sep) for root in sites)
+
+    def under(folders):
+        return any(real.startswith(folder + os.sep) for folder in folders)
+
+    if under(loader):
+        return _LOADER
+    if under(mine) or os.path.basename(real).startswith("envkit_"):  # the bootstrap and step trace in an image
+        return _INTERNAL
+    return _INTERNAL if under(stdlib) and not under(sites) else _USER
 
 
 def _rank():
