@@ -299,11 +299,13 @@ def test_a_cut_last_line_is_dropped_with_a_note(tmp_path: Path) -> None:
     assert c.divergence is None and any("cut line" in n for n in c.notes)
 
 
-def test_the_in_job_module_imports_only_the_standard_library() -> None:
-    tree = ast.parse((REPO / "envkit" / "injob" / "optrace.py").read_text())
-    top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
-    top |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
-    assert top <= set(sys.stdlib_module_names), top - set(sys.stdlib_module_names)
+def test_the_in_job_modules_import_only_the_standard_library_and_each_other() -> None:
+    for path in (REPO / "envkit" / "injob").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+        top |= {node.module.split(".")[0] for node in tree.body
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+        assert top <= set(sys.stdlib_module_names), (path.name, top - set(sys.stdlib_module_names))
     code = "import sys, envkit.injob.optrace; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60,
                           check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
