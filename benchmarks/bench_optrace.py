@@ -11,15 +11,17 @@ rotating order, times one training step (zero_grad, forward, loss, backward, opt
 * traced: the op trace installed for the next step, so this step is the window (every op through the dispatch mode,
   a CRC-32 of every output, the module and frame of every op, the file written at the end of the window).
 
-Printed: the medians of the per-round ratios to the untraced step (CPU time), the ops per step, the cost per op, and
-the share of the traced step spent in the tracer's own bookkeeping (``trace_s`` of the end record). Ratios, never a
-bare time: the machine's speed cancels out.
+Printed: the medians of the per-round ratios to the untraced step (CPU time), the ops per step, the cost per op, the
+bytes of output digested, and the share of the traced step's wall time spent in the tracer's own code (``trace_s`` of
+the end record; the rest of the added time is torch's Python dispatch of each op). Ratios, never a bare time: the
+machine's speed cancels out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -51,18 +53,31 @@ def cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 MODELS = {"mlp": ("MLP 784-256-256-10, batch 64", mlp), "cnn": ("CNN 2 conv + BN + linear, batch 32x3x32x32", cnn)}
 
 
-def one_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
-    """CPU seconds of one training step."""
-    t0 = time.process_time()
+def one_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of one training step."""
+    t0, w0 = time.process_time(), time.perf_counter()
     opt.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
-    return time.process_time() - t0
+    return time.process_time() - t0, time.perf_counter() - w0
+
+
+ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1, "uint8": 1}
+
+
+def digested_bytes(path: Path) -> int:
+    """Bytes of output the trace digested (from the shapes it recorded)."""
+    total = 0
+    for line in path.read_text().splitlines()[1:-1]:
+        for out in json.loads(line)["out"]:
+            if out and out[2] is not None and out[0] != optrace.UNINITIALISED:
+                total += math.prod(out[2]) * ITEMSIZE.get(out[1], 4)
+    return total
 
 
 def timed(mode: str, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-          folder: Path) -> tuple[float, dict | None]:
-    """(CPU seconds of one step, the end record when traced) under one mode."""
+          folder: Path) -> tuple[tuple[float, float], dict | None]:
+    """((CPU, wall) seconds of one step, the end record plus the bytes digested when traced) under one mode."""
     if mode == "untraced":
         return one_step(model, opt, x, y), None
     path = folder / "optrace.jsonl"
@@ -73,7 +88,7 @@ def timed(mode: str, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
         optrace.uninstall()
     end = None
     if path.exists():
-        end = json.loads(path.read_text().splitlines()[-1])
+        end = {**json.loads(path.read_text().splitlines()[-1]), "bytes": digested_bytes(path)}
         path.unlink()
     return seconds, end
 
@@ -87,17 +102,18 @@ def bench(name: str, rounds: int, folder: Path) -> None:
         one_step(model, opt, x, y)
     modes = ["untraced", "armed", "traced"]
     ratios: dict[str, list[float]] = {m: [] for m in modes}
-    base, ops, shares = [], [], []
+    base, ops, shares, nbytes = [], [], [], []
     for r in range(rounds):
         order = modes[r % 3:] + modes[:r % 3]
         got = {mode: timed(mode, model, opt, x, y, folder) for mode in order}
-        untraced = got["untraced"][0]
+        untraced = got["untraced"][0][0]
         base.append(untraced)
         for mode in modes:
-            ratios[mode].append(got[mode][0] / untraced)  # paired within the round: slow drifts cancel
+            ratios[mode].append(got[mode][0][0] / untraced)  # paired within the round: slow drifts cancel
         end = got["traced"][1]
         ops.append(end["ops"])
-        shares.append(end["trace_s"] / got["traced"][0])
+        nbytes.append(end["bytes"])
+        shares.append(end["trace_s"] / got["traced"][0][1])  # both wall time
     step_s = statistics.median(base)
     traced = statistics.median(ratios["traced"])
     n_ops = statistics.median(ops)
@@ -105,7 +121,9 @@ def bench(name: str, rounds: int, folder: Path) -> None:
     print(f"  armed (outside the window) / untraced: {statistics.median(ratios['armed']):.3f}")
     print(f"  traced step / untraced step:           {traced:.2f}  "
           f"({(traced - 1) * step_s / n_ops * 1e6:.1f} us added per op)")
-    print(f"  tracer bookkeeping (digests, frames, JSON) / traced step: {100 * statistics.median(shares):.0f}%")
+    print(f"  outputs digested per traced step:      {statistics.median(nbytes) / 2**20:.1f} MiB")
+    print(f"  the tracer's own code (digests, frames, records) / traced step (wall): "
+          f"{100 * statistics.median(shares):.0f}%")
 
 
 def main() -> int:
