@@ -301,7 +301,7 @@ def test_a_cut_last_line_is_dropped_with_a_note(tmp_path: Path) -> None:
 
 def test_the_in_job_modules_import_only_the_standard_library_and_each_other() -> None:
     for path in (REPO / "envkit" / "injob").glob("*.py"):
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(path.read_text(), feature_version=(3, 9))  # images may have Python 3.9
         top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
         top |= {node.module.split(".")[0] for node in tree.body
                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
