@@ -4,7 +4,8 @@
 
 Two models, one thread (as `envkit run` pins it): an MLP (784-256-256-10, Adam, batch 64) and a small CNN (two
 convolutions, batch norm, pooling, a linear head; Adam, batch 32 of 3x32x32). Each round, in this process and in a
-rotating order, times one training step (zero_grad, forward, loss, backward, optimizer step) three ways:
+rotating order, times one training step (zero_grad, forward, loss, backward, optimizer step; each after an untimed
+one) three ways:
 
 * untraced;
 * armed: the op trace installed for a step far ahead (what every step outside the window costs: the optimizer hooks);
@@ -78,6 +79,7 @@ def digested_bytes(path: Path) -> int:
 def timed(mode: str, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
           folder: Path) -> tuple[tuple[float, float], dict | None]:
     """((CPU, wall) seconds of one step, the end record plus the bytes digested when traced) under one mode."""
+    one_step(model, opt, x, y)  # untimed: no mode pays for the caches the one before it left behind
     if mode == "untraced":
         return one_step(model, opt, x, y), None
     path = folder / "optrace.jsonl"
