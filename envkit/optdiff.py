@@ -4,8 +4,8 @@
 walks them side by side. While both runs execute the same op with outputs of the same dtype and shape at the same
 index, the first op whose output digest differs is the answer. If the runs execute different ops before any output
 differs (a branch taken on one side only, an extra op, one trace cut short), that point is reported instead: there the
-op streams part. :mod:`difflib` then re-aligns the rest, and the first differing output after the streams rejoin is
-reported too.
+op streams part. :func:`align` then lines the rest up again, and the first differing output after the streams rejoin
+is reported too.
 
 A digest only says that two outputs differ. For the count of differing elements and the largest absolute
 difference, the tracer runs the step again and saves that op's inputs and outputs (``save=[index]``, one
@@ -20,7 +20,6 @@ differently (another kernel, another CPU); if one differs, it came from outside 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import struct
@@ -33,7 +32,9 @@ from envkit.injob.optrace import FORMAT_VERSION, UNINITIALISED, saved_name
 
 OPTRACE_GLOB = "optrace*.jsonl"
 MAIN_OPTRACE = "optrace.jsonl"
-RESYNC_WINDOW = 20000  # ops of each side given to difflib after the streams part (it is quadratic at worst)
+RESYNC_WINDOW = 4096  # ops searched ahead on each side for where two parted op streams agree again
+RESYNC_RUN = 8  # that many equal ops in a row: the streams agree again
+MAX_REJOINS = 1000  # partings followed; past them the rest goes uncompared
 _NO_DIGEST = {"?", UNINITIALISED}
 _MAX_HEADER = 100 * 2**20  # a safetensors header longer than this is not one of ours
 
@@ -361,35 +362,64 @@ def _notes(trace: OpTrace, side: str) -> list[str]:
 def _compare_pair(ta: OpTrace, tb: OpTrace) -> tuple[OpDivergence | None, OpDivergence | None, int]:
     """(first divergence, first differing output after a stream parting, pairs compared) of one pair of files."""
     a, b = ta.ops, tb.ops
-    keys_a, keys_b = [o.key for o in a], [o.key for o in b]
-    prefix = 0
-    for ka, kb in zip(keys_a, keys_b):
-        if ka != kb:
-            break
-        prefix += 1
-    pairs = [(i, i) for i in range(prefix)]
+    pairs, parted_at = align([o.key for o in a], [o.key for o in b])
     differing = [p for p in pairs if _differs(a[p[0]], b[p[1]]) is not None]
-    if differing:
-        return _divergence(ta, tb, differing[0], len(differing) - 1), None, len(pairs)
-    if prefix == len(a) == len(b):
-        return None, None, len(pairs)
-    # The op streams part at `prefix`: what each side runs there.
-    op_a = a[prefix] if prefix < len(a) else None
-    op_b = b[prefix] if prefix < len(b) else None
-    step = ta.header.get("step")
+    first = differing[0] if differing else None
+    if parted_at is None or (first is not None and first[0] < parted_at[0]):
+        return (None if first is None else _divergence(ta, tb, first, len(differing) - 1)), None, len(pairs)
+    # The op streams part before any output differs: what each side runs there.
+    i, j = parted_at
+    op_a = a[i] if i < len(a) else None
+    op_b = b[j] if j < len(b) else None
     shown = op_a or op_b
-    parted = OpDivergence(ta.name, step, "stream", prefix, prefix, op_a.op if op_a else None, shown.module,
+    parted = OpDivergence(ta.name, ta.header.get("step"), "stream", i, j, op_a.op if op_a else None, shown.module,
                           shown.at, shown.bwd, shown.optim, op_b=op_b.op if op_b else None,
-                          module_b=op_b.module if op_b else None, at_b=op_b.at if op_b else None)
-    # Re-align what follows (an inserted op, a cut trace) and look for the first differing output there.
-    window_a, window_b = keys_a[prefix:prefix + RESYNC_WINDOW], keys_b[prefix:prefix + RESYNC_WINDOW]
-    matcher = difflib.SequenceMatcher(None, window_a, window_b, autojunk=False)
-    rest = [(prefix + block.a + k, prefix + block.b + k) for block in matcher.get_matching_blocks()
-            for k in range(block.size)]
-    differing = [p for p in rest if _differs(a[p[0]], b[p[1]]) is not None]
-    parted = dataclasses.replace(parted, later=len(differing))
-    after = _divergence(ta, tb, differing[0], len(differing) - 1) if differing else None
-    return parted, after, len(pairs) + len(rest)
+                          module_b=op_b.module if op_b else None, at_b=op_b.at if op_b else None,
+                          later=len(differing))
+    after = _divergence(ta, tb, first, len(differing) - 1) if first is not None else None
+    return parted, after, len(pairs)
+
+
+def align(keys_a: list[Any], keys_b: list[Any]) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
+    """Line two op streams up: the index pairs of the ops that match, and where the streams first part (None: never).
+
+    The streams are walked in lockstep; where they part, the fewest ops are skipped on each side after which
+    ``RESYNC_RUN`` ops in a row agree (an op inserted, an op left out), searched ``RESYNC_WINDOW`` ops ahead on each
+    side. Linear in the length of the streams (``difflib`` is quadratic on streams this repetitive).
+    """
+    pairs: list[tuple[int, int]] = []
+    parted = None
+    i = j = rejoined = 0
+    while i < len(keys_a) and j < len(keys_b):
+        if keys_a[i] == keys_b[j]:
+            pairs.append((i, j))
+            i, j = i + 1, j + 1
+            continue
+        if parted is None:
+            parted = (i, j)
+        skip = _rejoin(keys_a, keys_b, i, j) if rejoined < MAX_REJOINS else None
+        if skip is None:
+            break
+        i, j = i + skip[0], j + skip[1]
+        rejoined += 1
+    if parted is None and (i < len(keys_a) or j < len(keys_b)):
+        parted = (i, j)  # one stream ends first
+    return pairs, parted
+
+
+def _rejoin(keys_a: list[Any], keys_b: list[Any], i: int, j: int) -> tuple[int, int] | None:
+    """The fewest ops ``(da, db)`` to skip after which the streams agree again; None within the window."""
+    first_at: dict[tuple[Any, ...], int] = {}
+    for db in range(min(RESYNC_WINDOW, len(keys_b) - j)):
+        first_at.setdefault(tuple(keys_b[j + db:j + db + RESYNC_RUN]), db)
+    best = None
+    for da in range(min(RESYNC_WINDOW, len(keys_a) - i)):
+        if best is not None and da >= best[0] + best[1]:
+            break
+        db = first_at.get(tuple(keys_a[i + da:i + da + RESYNC_RUN]))
+        if db is not None and (best is None or da + db < best[0] + best[1]):
+            best = (da, db)
+    return best
 
 
 def _differs(x: Op, y: Op) -> int | None:

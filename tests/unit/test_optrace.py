@@ -25,6 +25,7 @@ from torch import nn
 from envkit.errors import TraceError
 from envkit.injob import optrace
 from envkit.optdiff import (
+    align,
     compare_optraces,
     first_op_divergence,
     read_optrace,
@@ -258,6 +259,17 @@ def test_an_op_inserted_on_one_side_is_where_the_streams_part_and_they_rejoin(tm
     e = write_trace(tmp_path / "e" / "optrace.jsonl", [BASE[0], ("aten::add.Tensor", "xx")] + BASE[2:3] +
                     [("aten::neg", "00")])
     assert first_op_divergence(a, e).kind == "output" and first_op_divergence(a, e).index_a == 1
+
+
+def test_long_repetitive_streams_line_up_around_an_insertion_and_a_deletion() -> None:
+    layer = ["aten::t", "aten::addmm", "aten::tanh", "aten::detach"]
+    a = [(layer[i % 4], i // 4 % 50) for i in range(200_000)]  # 50 layers of four ops, the shapes tell them apart
+    b = a[:10] + [("aten::clone",)] + a[10:5000] + a[5004:]  # one op more early on, one layer fewer later
+    pairs, parted = align(a, b)
+    assert parted == (10, 10) and len(pairs) == len(a) - 4
+    assert pairs[10] == (10, 11) and pairs[-1] == (len(a) - 1, len(b) - 1)
+    assert align(a, a) == ([(i, i) for i in range(len(a))], None)
+    assert align(a, a[:7]) == ([(i, i) for i in range(7)], (7, 7))
 
 
 def test_a_trace_cut_short_parts_where_it_ends(tmp_path: Path) -> None:
