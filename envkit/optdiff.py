@@ -322,11 +322,11 @@ def compare_optraces(a: Path, b: Path) -> OpComparison:
     compared = 0
     for name in common:
         ta, tb = read_optrace(files_a[name]), read_optrace(files_b[name])
-        for key in ("step", "digest"):
+        for key, hint in (("step", "trace the same step of both runs"),
+                          ("digest", "trace both runs with the same envkit version and digest")):
             if ta.header.get(key) != tb.header.get(key):
                 raise TraceError(f"the op traces {name} differ in {key} ({ta.header.get(key)} and "
-                                 f"{tb.header.get(key)}); they cannot be compared op by op",
-                                 hint="trace the same step of both runs")
+                                 f"{tb.header.get(key)}); they cannot be compared op by op", hint=hint)
         notes += _notes(ta, "A") + _notes(tb, "B")
         first, after, n = _compare_pair(ta, tb)
         compared += n
