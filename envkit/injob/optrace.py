@@ -75,16 +75,15 @@ from .optracer import (  # noqa: F401 - the names the host side reads traces by
     file_name,
     saved_name,
 )
+from .state import ENV_REPORT_DIR
+from .state import ENV_TRACE_OPS as ENV_OPS  # the step to trace, a positive integer
+from .state import ENV_TRACE_OPS_FILE as ENV_OPS_FILE  # default $ENVKIT_REPORT_DIR/optrace.jsonl
+from .state import ENV_TRACE_OPS_MAX as ENV_OPS_MAX
+from .state import ENV_TRACE_OPS_SAVE as ENV_OPS_SAVE  # op indices whose inputs and outputs to save: "12,40"
 from .tensorbytes import crc32, device_digest, write_safetensors  # noqa: F401
 
 DEFAULT_FILE_NAME = "optrace.jsonl"
 DEFAULT_MAX_OPS = 500000
-
-ENV_OPS = "ENVKIT_TRACE_OPS"  # the step to trace, a positive integer
-ENV_OPS_FILE = "ENVKIT_TRACE_OPS_FILE"  # default $ENVKIT_REPORT_DIR/optrace.jsonl
-ENV_OPS_SAVE = "ENVKIT_TRACE_OPS_SAVE"  # op indices whose inputs and outputs to save, comma-separated
-ENV_OPS_MAX = "ENVKIT_TRACE_OPS_MAX"
-ENV_REPORT_DIR = "ENVKIT_REPORT_DIR"
 
 _tracer = None
 _fork_handler_registered = False

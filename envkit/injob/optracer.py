@@ -1,49 +1,27 @@
-"""The op tracer of one process: the window of one step, the dispatch mode, the records and their file.
+"""The op tracer of one process: the window of one step, the dispatch mode, the records.
 
-:mod:`envkit.injob.optrace` says what is recorded and why; this module does it. The standard library only at import.
+:mod:`envkit.injob.optrace` says what is recorded and why; this module does it, with :mod:`.opframes` (where an op
+comes from) and :mod:`.opfile` (the file). The standard library only at import.
 """
 
 import contextlib
 import ctypes
 import json
 import os
-import sys
-import sysconfig
 import threading
 import time
 import zlib
 
+from . import opframes, state
+from .opfile import FORMAT_VERSION, SAVED_SUFFIX, OpFile, file_name, op_line, saved_name  # noqa: F401
 from .tensorbytes import crc32, device_digest, tensors_in, write_safetensors
 
-FORMAT_VERSION = 1
 DIGEST = "crc32"
 DEVICE_DIGEST = "wsum64"
 FLUSH_EVERY = 4096
-SAVED_SUFFIX = ".safetensors"
 UNINITIALISED = "uninit"  # the digest of an output of torch.empty and kin
 _UNINITIALISED = ("aten::empty", "aten::new_empty")
 _MASK64 = (1 << 64) - 1
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-# Where a frame's code lives. Ops under torch.utils.data or torch.multiprocessing (a batch rebuilt from a worker's
-# shared memory, the loader's seed) are not recorded: where they fall in the stream depends on when workers deliver.
-_USER, _INTERNAL, _LOADER = "user", "internal", "loader"
-_kinds = {}  # co_filename -> one of the three (kept across installs: it cannot change)
-_roots = None
-
-
-def file_name(base, rank=None, n=0):
-    """A process's trace file: ``optrace.jsonl``, ``optrace.rank1.jsonl``, ``optrace.2.jsonl``."""
-    stem, dot, suffix = base.rpartition(".")
-    if not dot:
-        stem, suffix = base, ""
-    parts = [stem] + ([f"rank{rank}"] if rank is not None else []) + ([str(n)] if n else []) + ([suffix] if dot else [])
-    return ".".join(parts)
-
-
-def saved_name(trace_path, index):
-    """Where op ``index``'s tensors go: ``optrace.rank1.jsonl`` -> ``optrace.rank1.op1234.safetensors``."""
-    stem = trace_path.removesuffix(".jsonl")
-    return f"{stem}.op{index}{SAVED_SUFFIX}"
 
 
 class Tracer:
@@ -71,11 +49,11 @@ class Tracer:
         self.optim = None  # the optimizer type while its step() runs
         self.forward_of = {}  # autograd sequence number -> (module, at) of the forward op that made the node
         self.last_seq = None
-        self.roots = _internal_roots(torch)
+        self.roots = opframes.internal_roots(torch)
         self.weights = {}
         self.dtype_names = {}
         self.op_names = {}
-        self.out_fd = self.out_path = None
+        self.file = OpFile(path, _warn)
         self.t_start = 0.0
         self.spent = 0.0
         autograd_c = getattr(torch._C, "_autograd", None)
@@ -202,8 +180,8 @@ class Tracer:
         node = self.current_node() if self.current_node is not None else None
         at = None
         if node is None:
-            at = self._user_frame()
-            if at is _LOADER:
+            at = opframes.user_frame(self.roots)
+            if at is opframes.LOADER:
                 return
         with self.index_lock:  # device threads of the backward pass record too
             i = self.next_index
@@ -230,8 +208,8 @@ class Tracer:
         else:
             module, at = self.forward_of.get(node._sequence_nr(), (None, None))
             if at is None:
-                at = self._user_frame()
-                at = None if at is _LOADER else at
+                at = opframes.user_frame(self.roots)
+                at = None if at is opframes.LOADER else at
             self.pending.append((i, name, outs, module, at, node.name(), None))
         if saved is not None:
             self._save(i, name, saved, out)
@@ -281,22 +259,6 @@ class Tracer:
             name = self.dtype_names[tensor.dtype] = str(tensor.dtype).replace("torch.", "")
         return name
 
-    def _user_frame(self):
-        """``(file, line)`` of the innermost frame in the user's code; None; or _LOADER for torch.utils.data's work."""
-        frame = sys._getframe(2)
-        cache = _kinds
-        while frame is not None:
-            code = frame.f_code
-            kind = cache.get(code.co_filename)
-            if kind is None:
-                kind = cache[code.co_filename] = _kind(code.co_filename, self.roots)
-            if kind is _USER:
-                return code.co_filename, frame.f_lineno
-            if kind is _LOADER:
-                return _LOADER
-            frame = frame.f_back
-        return None
-
     def inputs_to_save(self, args, kwargs):
         """An op's inputs when it is one to save: copies of its tensors (taken before it runs: it may work in place)
         and its numbers (``[[position or keyword, repr], ...]``: a Python number can carry a difference too)."""
@@ -312,7 +274,7 @@ class Tracer:
         tensors = [(f"input.{k}", t) for k, t in enumerate(inputs[0])]
         outs = out if isinstance(out, (list, tuple)) else (out,)
         tensors += [(f"output.{k}", t) for k, t in enumerate(tensors_in(torch, list(outs)))]
-        path = saved_name(self.out_path or self.path, index)
+        path = saved_name(self.file.claimed or self.path, index)
         meta = {"op": op, "index": str(index), "step": str(self.step), "numbers": json.dumps(inputs[1])}
         try:
             write_safetensors(path, tensors, meta)
@@ -329,7 +291,7 @@ class Tracer:
             self.count += len(batch)
             self._resolve(batch)
             batch.sort(key=lambda r: r[0])  # device threads may append out of order
-            self._write_lines([_line(rec) for rec in batch])
+            self.file.write([op_line(rec) for rec in batch])
 
     def _resolve(self, batch):
         """Fetch the device digests of a batch, all of a device in one copy."""
@@ -345,34 +307,11 @@ class Tracer:
                 entry[0] = f"{value & _MASK64:016x}"
 
     def _claim(self):
-        directory, base = os.path.split(self.path)
-        os.makedirs(directory or ".", exist_ok=True)
-        rank = _rank()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        for n in range(1000):
-            path = os.path.join(directory, file_name(base, rank, n))
-            try:
-                self.out_fd = os.open(path, flags, 0o644)
-            except FileExistsError:
-                continue
-            self.out_path = path
-            self._write_lines([{"envkit_optrace": FORMAT_VERSION, "step": self.step,
-                                "digest": DEVICE_DIGEST if self.device_everywhere else DIGEST,
-                                "device_digest": DEVICE_DIGEST, "max_ops": self.max_ops, "save": sorted(self.save),
-                                "pid": os.getpid(), "rank": rank, "torch": getattr(self.torch, "__version__", None)}])
-            return
-        raise OSError(f"no free op trace file name next to {self.path}")
-
-    def _write_lines(self, objs):
-        if self.out_fd is None:
-            return
-        encode = _ENCODER.encode
-        data = "".join([encode(o) + "\n" for o in objs]).encode()
-        try:
-            os.write(self.out_fd, data)
-        except OSError as exc:
-            self.out_fd = None
-            _warn(f"op trace: cannot write {self.out_path} ({exc.strerror or exc})")
+        self.file.claim(_rank(), {
+            "envkit_optrace": FORMAT_VERSION, "step": self.step,
+            "digest": DEVICE_DIGEST if self.device_everywhere else DIGEST, "device_digest": DEVICE_DIGEST,
+            "max_ops": self.max_ops, "save": sorted(self.save), "pid": os.getpid(), "rank": _rank(),
+            "torch": getattr(self.torch, "__version__", None)})
 
     def finish(self, complete):
         """Close the window and write what is left and the end record (once)."""
@@ -383,23 +322,22 @@ class Tracer:
         if not self.started and self.clock is None:
             return  # this process never trained: no file
         try:
-            if self.out_fd is None and not self.started:
+            if self.file.claimed is None and not self.started:
                 self._claim()  # the job ended before the window: an empty trace says so
             self.flush()
         except Exception as exc:  # noqa: BLE001
             _warn(f"op trace: could not write the last ops ({type(exc).__name__}: {exc})")
         window = time.perf_counter() - self.t_start if self.started else 0.0
-        self._write_lines([{"end": True, "ops": self.count, "complete": complete and not self.failed,
+        self.file.write([{"end": True, "ops": self.count, "complete": complete and not self.failed,
                             "truncated": self.truncated, "steps": self.steps, "window_s": round(window, 6),
                             "trace_s": round(self.spent, 6)}])
-        if self.out_fd is not None:
-            os.close(self.out_fd)
-            self.out_fd = None
+        self.file.close()
 
     def forked(self):
         """In a forked child (a DataLoader worker): trace nothing, write nothing, leave the inherited mode."""
         self.on, self.done = False, True  # the hooks stay and do nothing
-        self.out_fd, self.pending = None, []  # the descriptor is the parent's file
+        self.file.forget()
+        self.pending = []
         mode, self.mode = self.mode, None
         if mode is not None:
             with contextlib.suppress(Exception):  # else the mode stays, switched off
@@ -411,20 +349,6 @@ class Tracer:
     def _fail(self, exc):
         self.failed, self.on = True, False
         _warn(f"op trace stopped ({type(exc).__name__}: {exc})")
-
-
-def _line(rec):
-    i, op, outs, module, at, bwd, optim = rec
-    line = {"i": i, "op": op, "out": outs}
-    if module is not None:
-        line["module"] = module
-    if optim is not None:
-        line["optim"] = optim
-    if at is not None:
-        line["at"] = f"{at[0]}:{at[1]}"
-    if bwd is not None:
-        line["bwd"] = bwd
-    return line
 
 
 def _make_mode(torch):
@@ -458,42 +382,10 @@ def _make_mode(torch):
     return _OpTraceMode
 
 
-def _internal_roots(torch):
-    """Folders whose frames are not the user's: torch, the standard library (not its site-packages), this package."""
-    global _roots
-    if _roots is not None:
-        return _roots
-    paths = sysconfig.get_paths()
-    stdlib = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if paths.get(k)}
-    sites = {os.path.realpath(paths[k]) for k in ("purelib", "platlib") if paths.get(k)}
-    torch_dir = os.path.dirname(os.path.realpath(torch.__file__))
-    mine = {os.path.dirname(os.path.realpath(__file__)), torch_dir}
-    loader = {os.path.join(torch_dir, "utils", "data"), os.path.join(torch_dir, "multiprocessing")}
-    _roots = (stdlib, sites, mine, loader)
-    return _roots
-
-
-def _kind(filename, roots):
-    """_USER, _INTERNAL (torch, the standard library, envkit) or _LOADER (torch's data loading)."""
-    if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string> from torch's own codegen
-        return _INTERNAL
-    stdlib, sites, mine, loader = roots
-    real = os.path.realpath(filename)
-
-    def under(folders):
-        return any(real.startswith(folder + os.sep) for folder in folders)
-
-    if under(loader):
-        return _LOADER
-    if under(mine) or os.path.basename(real).startswith("envkit_"):  # the bootstrap and step trace in an image
-        return _INTERNAL
-    return _INTERNAL if under(stdlib) and not under(sites) else _USER
-
-
 def _rank():
     value = os.environ.get("RANK", "").strip()
     return int(value) if value.isdigit() else None
 
 
 def _warn(message):
-    sys.stderr.write(f"envkit: warning: {message}\n")
+    state.warn(message)

@@ -29,11 +29,10 @@ from envkit.optdiff import (
     compare_optraces,
     first_op_divergence,
     read_optrace,
-    read_safetensors,
     render_op_comparison,
     render_op_divergence,
-    saved_diffs,
 )
+from envkit.savedtensors import read_safetensors, saved_diffs
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = Path(__file__).with_name("optrace_jobs")
