@@ -109,14 +109,22 @@ def run(script: str, *args: str, seed: int, lock: str | Path | None = None, imag
 
 
 def replay(run_id: str, force: bool = False, rebuild: bool = False, project: str | Path | None = None,
-           echo: bool = False) -> Replay:
-    """Replay a recorded run here; ``.verdict`` says IDENTICAL, DIVERGED or FAILED, ``.details`` why."""
+           echo: bool = False, pin: bool = True) -> Replay:
+    """Replay a recorded run here; ``.verdict`` says IDENTICAL, DIVERGED or FAILED, ``.details`` why.
+
+    Args:
+        pin: when the replay diverges between recorded steps more than one step apart, rerun both jobs with every
+            step between traced to name the exact step (``.details.divergence``).
+    """
     from envkit.engine import connect
+    from envkit.pin import replay_pinner
     from envkit.replay import replay as replay_workflow
     from envkit.run.executor import Sink
 
-    result = replay_workflow(connect(), _store(project), run_id, force=force, rebuild=rebuild,
-                             sink=None if echo else Sink(io.BytesIO(), io.BytesIO()))
+    engine, store = connect(), _store(project)
+    result = replay_workflow(engine, store, run_id, force=force, rebuild=rebuild,
+                             sink=None if echo else Sink(io.BytesIO(), io.BytesIO()),
+                             after_judge=replay_pinner(engine, store) if pin else None)
     return Replay.from_result(result)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +31,22 @@ from envkit.settings import (
     ENV_TRACE,
     ENV_TRACE_FILE,
     ENV_TRACE_GRADS,
+    ENV_TRACE_OPS,
+    ENV_TRACE_OPS_FILE,
+    ENV_TRACE_OPS_SAVE,
+    ENV_TRACE_STEPS,
 )
+from envkit.optdiff import OpFinding, render_op_finding
 from envkit.steptrace import (  # noqa: F401 - re-exported: diff is where users look for them
     MAIN_TRACE,
+    PINNED,
     TRACE_GLOB,
     Divergence,
+    PinnedStep,
     TraceComparison,
     compare_traces,
     describe_divergence,
+    describe_pin,
     first_divergence,
     first_divergence_in_runs,
     read_trace,
@@ -60,6 +68,10 @@ _ENV_HARMLESS = {
     ENV_TRACE: "the step trace reads the parameters, it does not change them",
     ENV_TRACE_FILE: "the step trace reads the parameters, it does not change them",
     ENV_TRACE_GRADS: "the step trace reads the gradients, it does not change them",
+    ENV_TRACE_STEPS: "the step trace reads the parameters, it does not change them",
+    ENV_TRACE_OPS: "the op trace reads each op's outputs, it does not change them",
+    ENV_TRACE_OPS_FILE: "the op trace reads each op's outputs, it does not change them",
+    ENV_TRACE_OPS_SAVE: "the op trace copies an op's inputs and outputs, it does not change them",
     ENV_REPORT_DIR: "where envkit writes its reports",
     ENV_OUTPUT_DIR: "where the job writes outputs",
 }
@@ -103,19 +115,36 @@ class RunDiff:
     outputs_compared: int
     differences: list[Difference]  # those that change numerics first
     relation: str | None = None  # "B replays A" / "A replays B"
+    pinned: PinnedStep | None = None  # what reruns of both jobs that traced every step of the bracket found
+    ops: OpFinding | None = None  # the first op where the runs part in the divergent step
+    notes: list[str] = field(default_factory=list)  # about the pin and the op traces
+    hints: list[str] = field(default_factory=list)  # reruns that would find more
+
+    @property
+    def divergence(self) -> Divergence | None:
+        """Where training parted: the exact step the reruns pinned, else the first differing recorded step."""
+        if self.pinned is not None and self.pinned.outcome == PINNED and self.pinned.divergence is not None:
+            return self.pinned.divergence
+        return self.trace.divergence if self.trace is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["trace"] = self.trace.to_dict() if self.trace else None
+        data["pinned"] = self.pinned.to_dict() if self.pinned else None
+        data["ops"] = self.ops.to_dict() if self.ops else None
+        data["divergence"] = self.divergence.to_dict() if self.divergence else None
         return data
 
 
-def diff_runs(a: RunRecord, b: RunRecord, traces_a: Path | None = None, traces_b: Path | None = None) -> RunDiff:
+def diff_runs(a: RunRecord, b: RunRecord, traces_a: Path | None = None, traces_b: Path | None = None,
+              pinned: PinnedStep | None = None, ops: OpFinding | None = None, notes: list[str] | None = None,
+              hints: list[str] | None = None) -> RunDiff:
     """Compare two runs: their traces (where they part), their outputs, and their records (what could explain it).
 
     Args:
         a, b: the run records.
         traces_a, traces_b: each run's trace file, ``meta`` folder or run folder; None when there is none.
+        pinned, ops, notes, hints: what :func:`envkit.pin.find` found (the exact step, the first op) and says.
 
     Raises:
         TraceError: a trace file is malformed, or the two were made with different digests.
@@ -142,7 +171,8 @@ def diff_runs(a: RunRecord, b: RunRecord, traces_a: Path | None = None, traces_b
     relation = ("B replays A" if b.replay_of == a.run_id else "A replays B" if a.replay_of == b.run_id else None)
     return RunDiff(run_a=a.run_id, run_b=b.run_id, verdict=verdict, trace=trace, trace_note=note, outputs=outputs,
                    outputs_compared=len({e.path for e in a.outputs} | {e.path for e in b.outputs}),
-                   differences=record_differences(a, b), relation=relation)
+                   differences=record_differences(a, b), relation=relation, pinned=pinned, ops=ops,
+                   notes=list(notes or []), hints=list(hints or []))
 
 
 def record_differences(a: RunRecord, b: RunRecord) -> list[Difference]:
@@ -184,7 +214,7 @@ def record_differences(a: RunRecord, b: RunRecord) -> list[Difference]:
     profile = "native" if "native" in (a.cpu_profile, b.cpu_profile) else "portable"
     for d in compare_fingerprints(dataclasses.asdict(a.fingerprint), dataclasses.asdict(b.fingerprint), profile):
         add("fingerprint", d.path, d.recorded, d.current, d.changes_numerics, d.why)
-    add("command", "trace interval", a.trace, b.trace, False, _ENV_HARMLESS[ENV_TRACE])
+    add("command", "trace", a.trace, b.trace, False, "traces read the numbers, they do not change them")
     add("command", "memory limit", a.memory, b.memory, False, "a limit stops a job, it does not change its numbers")
     add("status", "status", a.status, b.status, False, "a run that stopped early has fewer steps and outputs")
     add("status", "exit code", a.exit_code, b.exit_code, False, "how the job ended")
@@ -215,8 +245,8 @@ def render_diff(d: RunDiff, show_all: bool = False, limit: int = 12) -> str:
     """
     lines = [f"run A {d.run_a}", f"run B {d.run_b}" + (f"  ({d.relation})" if d.relation else ""), ""]
     t = d.trace
-    if d.verdict == DIVERGED and t is not None and t.divergence is not None:
-        lines.append(f"Training diverged {describe_divergence(t.divergence)}.")
+    if d.verdict == DIVERGED and d.divergence is not None:
+        lines.append(f"Training diverged {describe_divergence(d.divergence)}.")
     elif d.verdict == WRITTEN_DIFFERENTLY:
         lines.append("The parameters are equal at the end of training, but outputs differ: the difference is in how "
                      "the files were written (a timestamp, an ordering, a random name), not in training.")
@@ -233,6 +263,13 @@ def render_diff(d: RunDiff, show_all: bool = False, limit: int = 12) -> str:
         lines += [f"  note: trace {n} in run B only" for n in t.only_b]
     if d.trace_note:
         lines.append(f"  trace: {d.trace_note}")
+    if d.pinned is not None:
+        lines.append(f"  pin: {describe_pin(d.pinned)}")
+    if d.ops is not None:
+        first, *rest = render_op_finding(d.ops)
+        lines += [f"  {first}"] + [f"  {line}" for line in rest]
+    lines += [f"  note: {n}" for n in d.notes]
+    lines += [f"  hint: {h}" for h in d.hints]
     if d.outputs:
         lines.append(f"  outputs: {len(d.outputs)} of {d.outputs_compared} differ")
         for c in d.outputs[:limit]:

@@ -191,6 +191,34 @@ class OpComparison:
         return {**dataclasses.asdict(self), "divergence": self.divergence.to_dict() if self.divergence else None}
 
 
+@dataclass(frozen=True)
+class OpFinding:
+    """The first op where two runs part in one step, and where the op traces came from.
+
+    ``runs`` are the reruns of both jobs that traced the step (empty: the runs' own op traces); ``saved`` is the
+    second pass, reruns that saved the op's inputs and outputs (``saved_runs``), when it parted at the same op.
+    """
+
+    step: int
+    comparison: OpComparison
+    runs: list[str] = field(default_factory=list)
+    saved: OpComparison | None = None
+    saved_runs: list[str] = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def divergence(self) -> OpDivergence | None:
+        """The first op where the runs part, with its element counts when the second pass has them."""
+        if self.saved is not None and self.saved.divergence is not None:
+            return self.saved.divergence
+        return self.comparison.divergence
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "comparison": self.comparison.to_dict(), "runs": self.runs,
+                "saved": self.saved.to_dict() if self.saved else None, "saved_runs": self.saved_runs,
+                "note": self.note, "divergence": self.divergence.to_dict() if self.divergence else None}
+
+
 def compare_optraces(a: Path, b: Path) -> OpComparison:
     """Compare the op traces of two runs, file by file (paired by name, as the step traces are).
 
@@ -394,4 +422,19 @@ def render_op_comparison(c: OpComparison, save_hint: str | None = None) -> list[
     for d in c.after_rejoin[:1]:
         lines += ["after the streams rejoin, " + line for line in render_op_divergence(d, save_hint)[:1]]
     lines += [f"note: {n}" for n in c.notes]
+    return lines
+
+
+def render_op_finding(f: OpFinding, save_hint: str | None = None) -> list[str]:
+    """The first op of an :class:`OpFinding` and where its evidence came from, as lines (the first one without
+    indentation)."""
+    c = f.comparison
+    shown = dataclasses.replace(c, divergences=[f.divergence] if f.divergence else []) if f.saved else c
+    lines = render_op_comparison(shown, None if f.saved else save_hint)
+    source = f"op traces of step {f.step}: " + (f"reruns {' and '.join(f.runs)}" if f.runs else "the runs' own")
+    if f.saved:
+        source += f"; the op's tensors saved by reruns {' and '.join(f.saved_runs)}"
+    lines.append(f"  ({source})")
+    if f.note:
+        lines.append(f"  note: {f.note}")
     return lines

@@ -90,7 +90,9 @@ class ReplayResult:
 
 def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False, rebuild: bool = False,
            mount_overrides: dict[str, Path] | None = None, sink: Sink | None = None,
-           on_forced: Callable[[list[FieldDiff]], None] | None = None) -> ReplayResult:
+           on_forced: Callable[[list[FieldDiff]], None] | None = None,
+           after_judge: Callable[[RunRecord, RunRecord, Verdict, list[FieldDiff]], None] | None = None,
+           ) -> ReplayResult:
     """Replay a recorded run on this host and judge it.
 
     Args:
@@ -98,6 +100,9 @@ def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False
         rebuild: if the image cannot be had, rebuild it from the recorded lockfile.
         mount_overrides: container path -> host path, for inputs that now live elsewhere.
         on_forced: called with the numerics-changing differences before a forced replay runs.
+        after_judge: called with the original, the replay's record, the verdict and the forced differences once the
+            verdict is known, before the record's final write; it may add to the verdict (``envkit.pin`` pins the
+            exact step there).
 
     Raises:
         PlatformMismatchError: numerics-changing differences and no ``force`` (they are in ``.differences``).
@@ -119,6 +124,8 @@ def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False
 
     def judge_before_final_write(replay_record: RunRecord) -> None:
         verdict.append(judge(engine, store, original, replay_record))
+        if after_judge is not None:
+            after_judge(original, replay_record, verdict[0], forced)
         replay_record.verdict = verdict[0].to_dict()
 
     record = execute(engine, store, job, sink=sink, fingerprint=now, before_final_write=judge_before_final_write)

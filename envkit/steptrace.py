@@ -53,6 +53,26 @@ class Divergence:
         """The parameters already differ before the first optimizer step."""
         return self.step == 0 and not self.final and bool(self.params or self.only_a or self.only_b)
 
+    @property
+    def pinnable(self) -> bool:
+        """Steps between the last equal recorded step and this one were not recorded: rerunning with each of them
+        traced can name the exact step."""
+        return not self.final and self.step > (self.last_equal or 0) + 1
+
+    @property
+    def bracket(self) -> tuple[int, int]:
+        """``(last equal recorded step, first differing one)``: the runs part in a step after the first, up to and
+        including the second."""
+        return (self.last_equal or 0, self.step)
+
+    @property
+    def op_step(self) -> int | None:
+        """The step whose op trace holds the op where the runs part: this step when it is exact (step 1 when only the
+        first gradients differ); None when the step is not exact or no training op made the difference."""
+        if self.final or self.at_initialisation or self.pinnable:
+            return None
+        return max(self.step, 1)
+
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "at_initialisation": self.at_initialisation}
 
@@ -286,3 +306,90 @@ def describe_divergence(d: Divergence, limit: int = 8) -> str:
         head = f"at step {d.step}{opt}{where}{bracket}"
     what = "parameters" if d.params else ("gradients" if not (d.only_a or d.only_b) else "parameter sets")
     return f"{head} ({what}: {shown})" if shown else head
+
+
+# --- pinning ---------------------------------------------------------------------------------------------------------
+PINNED = "pinned"  # the reruns part at one step inside the bracket, every step before it equal
+EARLIER = "earlier"  # the reruns part at or before the bracket's first step: where it happens moves
+LATER = "later"  # the reruns agree through the bracket's last step and part after it
+AGREE = "agree"  # the reruns agree at every recorded step: the difference did not happen again
+FAILED = "failed"  # a rerun did not succeed, or left no trace
+
+
+@dataclass(frozen=True)
+class PinnedStep:
+    """What two reruns that traced every step of a bracket found (:func:`judge_pin`)."""
+
+    outcome: str  # PINNED, EARLIER, LATER, AGREE or FAILED
+    first: int  # the bracket: the last equal recorded step ...
+    last: int  # ... and the first differing one
+    runs: list[str]  # the rerun of run A's job and of run B's job
+    step: int | None = None  # PINNED: the exact step; EARLIER: where the reruns part
+    divergence: Divergence | None = None  # the reruns' first divergence
+    note: str | None = None  # FAILED: why
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["divergence"] = self.divergence.to_dict() if self.divergence else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PinnedStep:
+        d = data.get("divergence")
+        fields_ = {f.name for f in dataclasses.fields(Divergence)}
+        divergence = Divergence(**{k: v for k, v in d.items() if k in fields_}) if d else None
+        return cls(data["outcome"], int(data["first"]), int(data["last"]), list(data["runs"]), data.get("step"),
+                   divergence, data.get("note"))
+
+
+def judge_pin(run_a: Path, run_b: Path, first: int, last: int, runs: list[str]) -> PinnedStep:
+    """Read the step traces of two reruns that recorded every step from ``first`` to ``last`` and say where they part.
+
+    Raises:
+        TraceError: a trace file is malformed.
+    """
+    if not trace_files(run_a) or not trace_files(run_b):
+        return PinnedStep(FAILED, first, last, runs, note="a rerun left no step trace")
+    d = compare_traces(run_a, run_b).divergence
+    if d is None:
+        return PinnedStep(AGREE, first, last, runs)
+    if d.final or d.step > last:
+        return PinnedStep(LATER, first, last, runs, divergence=d)
+    if d.step <= first:
+        return PinnedStep(EARLIER, first, last, runs, d.step, d)
+    if d.pinnable:  # a step inside the window went unrecorded (a trace that stopped writing)
+        return PinnedStep(FAILED, first, last, runs, divergence=d,
+                          note=f"the reruns recorded no step between {d.last_equal} and {d.step}")
+    return PinnedStep(PINNED, first, last, runs, d.step, d)
+
+
+def describe_pin(p: PinnedStep) -> str:
+    """One line on what the reruns found, for ``envkit diff`` and replay's verdict."""
+    reruns = f"the reruns {' and '.join(p.runs)}" if p.runs else "the reruns"
+    traced = f"traced every step from {p.first} to {p.last}"
+    if p.outcome == PINNED:
+        return (f"recorded steps {p.first} and {p.last} bracketed it; {reruns} of both jobs {traced} and part at "
+                f"step {p.step}")
+    if p.outcome == EARLIER:
+        return (f"{reruns} of both jobs {traced} and part at step {p.step}, before the bracket: where the runs part "
+                "moves from run to run")
+    if p.outcome == LATER:
+        return f"{reruns} of both jobs {traced} and agree through step {p.last}: they part later"
+    if p.outcome == AGREE:
+        return (f"{reruns} of both jobs {traced} and agree at every step: the difference did not happen again on this "
+                "host (did it come from what differs between the runs' hosts?)")
+    return f"not pinned: {p.note}"
+
+
+def pinned_divergence(div: dict[str, Any], pinned: PinnedStep) -> dict[str, Any]:
+    """Replay's divergence (:func:`first_divergence_in_runs`) with what the reruns found: the exact step in place of
+    the recorded one (which moves to ``recorded``), the pin under ``pin``; the message says both."""
+    out = {**div, "pin": pinned.to_dict()}
+    if pinned.outcome == PINNED and pinned.divergence is not None:
+        exact = pinned.divergence
+        out["recorded"] = {k: div.get(k) for k in ("step", "last_equal", "params", "grads")}
+        out.update(exact.to_dict())
+        out["message"] = f"training diverged {describe_divergence(exact)}; {describe_pin(pinned)}"
+    else:
+        out["message"] = f"{div.get('message')}; {describe_pin(pinned)}"
+    return out

@@ -18,14 +18,21 @@ def replay_cmd(
                                  help="If the image cannot be had, rebuild it from the recorded lockfile "
                                       "(the image ID will differ)."),
     mount: list[str] = typer.Option(None, "--mount", help="DST=SRC: take the input mounted at DST from SRC here."),
+    no_pin: bool = typer.Option(False, "--no-pin",
+                                help="When recorded steps bracket the divergence more than one step apart, do not "
+                                     "rerun both jobs to name the exact step."),
     json_out: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
 ) -> None:
     """Replay RUN_ID on this host and say whether every output is bitwise identical.
+
+    When the replay diverges and the step traces bracket it between recorded steps more than one step apart, both
+    jobs are run again with every step between them traced, to name the exact step (--no-pin skips this).
 
     Exit codes: 0 IDENTICAL, 3 DIVERGED, 4 FAILED; 40 platform refused (see --force), 41 an input changed.
     """
     from envkit.engine import connect
     from envkit.errors import JobError, PlatformMismatchError
+    from envkit.pin import replay_pinner
     from envkit.replay import replay
     from envkit.run.executor import Sink
     from envkit.settings import store_dir
@@ -45,9 +52,12 @@ def replay_cmd(
         err_console.print("warning: replaying anyway (--force); the replay is marked as on a mismatched platform",
                           highlight=False)
 
+    engine = connect()
+    pinner = None if no_pin else replay_pinner(
+        engine, store, None if json_out else (lambda msg: err_console.print(msg, highlight=False)))
     try:
-        result = replay(connect(), store, run_id, force=force, rebuild=rebuild, mount_overrides=overrides,
-                        sink=Sink(None, None) if json_out else None, on_forced=on_forced)
+        result = replay(engine, store, run_id, force=force, rebuild=rebuild, mount_overrides=overrides,
+                        sink=Sink(None, None) if json_out else None, on_forced=on_forced, after_judge=pinner)
     except PlatformMismatchError as exc:
         err_console.print(render_diffs(exc.differences), highlight=False)
         raise

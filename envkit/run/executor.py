@@ -36,6 +36,7 @@ from envkit.engine import Container, ContainerSpec, Engine, GpuRequest, Mount
 from envkit.errors import EnvkitError, InputChangedError, JobError
 from envkit.manifest import ManifestEntry, manifest, outputs_between
 from envkit.run.snapshot import git_info, snapshot
+from envkit.run.tracing import trace_environment
 from envkit.settings import (
     CONTAINER_META,
     CONTAINER_OUTPUT,
@@ -48,8 +49,6 @@ from envkit.settings import (
     ENV_RUN_ID,
     ENV_SEED,
     ENV_THREADS,
-    ENV_TRACE,
-    ENV_TRACE_FILE,
     LABEL_RUN,
 )
 from envkit.store.filestore import FileStore
@@ -77,7 +76,7 @@ class JobSpec:
     cpu_profile: str
     gpus: str = "none"  # all | none | N
     mounts: list[Mount] = field(default_factory=list)
-    trace: str = "off"  # off | auto | N (optimizer steps between parameter digests)
+    trace: str = "off"  # what the job traces: off | auto | N, and more (envkit.run.tracing)
     extra_env: dict[str, str] = field(default_factory=dict)
     network: str = "none"
     lock: LockInfo | None = None
@@ -90,6 +89,7 @@ class JobSpec:
     lock_text: str | None = None  # the lockfile's text, kept beside the record
     memory: str | None = None  # container memory limit (docker syntax, e.g. 4g)
     notes: list[str] = field(default_factory=list)  # carried into the record (replay: how the image was had)
+    pin_for: list[str] = field(default_factory=list)  # a pin run: the two runs whose parting it reruns to pin down
 
 
 @dataclass
@@ -115,9 +115,7 @@ def job_environment(job: JobSpec, run_id: str) -> dict[str, str]:
         "HOME": "/tmp",
     }
     env.update(cpuprofile.profile_env(job.cpu_profile, job.threads))
-    if job.trace != "off":
-        env[ENV_TRACE] = job.trace
-        env[ENV_TRACE_FILE] = f"{CONTAINER_META}/trace.jsonl"
+    env.update(trace_environment(job.trace, CONTAINER_META))
     env.update(job.extra_env)
     return env
 
@@ -191,7 +189,7 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
                         digest=job.image_digests[0] if job.image_digests else None),
         lock=job.lock, inputs=inputs, replay_of=job.replay_of, platform_mismatch=job.platform_mismatch,
         mounts=[{"source": str(m.source), "target": m.target} for m in job.mounts], trace=job.trace,
-        memory=job.memory, notes=list(job.notes),
+        memory=job.memory, notes=list(job.notes), pin_for=list(job.pin_for),
     )
     record.timings = Timings(build_s=job.build_s)
     work = _prepare(job, layout, store, record)

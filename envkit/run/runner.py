@@ -14,6 +14,7 @@ from envkit.engine import Engine, Mount
 from envkit.errors import CpuProfileError, JobError, ScriptNotFoundError
 from envkit.run.executor import RESERVED_TARGETS, JobSpec, Sink, execute
 from envkit.run.images import resolve_image
+from envkit.run.tracing import resolve_ops_step
 from envkit.settings import DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE
 from envkit.store.filestore import FileStore
 from envkit.store.record import RunRecord
@@ -33,7 +34,7 @@ class RunRequest:
     gpus: str = "none"
     cpu_profile: str | None = None  # None: the image's own profile, else native
     mounts: list[str] = field(default_factory=list)  # SRC:DST
-    trace: str = DEFAULT_TRACE
+    trace: str = DEFAULT_TRACE  # envkit.run.tracing: auto | off | N, ops:STEP ...
     network: str = "none"
     env: dict[str, str] = field(default_factory=dict)
     memory: str | None = None
@@ -63,7 +64,8 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
     job = JobSpec(
         project=project, script=script, args=list(request.args), image_id=resolved.id, image_ref=resolved.ref,
         image_digests=resolved.digests, seed=request.seed, determinism=request.determinism, threads=request.threads,
-        cpu_profile=cpu_profile, gpus=request.gpus, mounts=mounts, trace=request.trace, network=request.network,
+        cpu_profile=cpu_profile, gpus=request.gpus, mounts=mounts, network=request.network,
+        trace=resolve_ops_step(request.trace, store, script),
         lock=resolved.lock, command=list(request.command), build_s=resolved.build_s, lock_text=resolved.lock_text,
         extra_env=dict(request.env), memory=request.memory,
     )

@@ -126,9 +126,10 @@ class RunRecord:
     platform_mismatch: bool = False
     notes: list[str] = field(default_factory=list)
     mounts: list[dict[str, str]] = field(default_factory=list)  # [{"source": host path, "target": container path}]
-    trace: str = "off"  # step-trace interval: off | auto | N
+    trace: str = "off"  # what the job traced: off | auto | N, steps:A-B, ops:K ... (envkit.run.tracing)
     memory: str | None = None  # container memory limit
     verdict: dict[str, Any] | None = None  # replays: IDENTICAL / DIVERGED / FAILED and the evidence
+    pin_for: list[str] = field(default_factory=list)  # a pin run: [A, B], the runs whose parting it reruns
 
     def __post_init__(self) -> None:
         self.environment = redact_environment(self.environment)
@@ -147,6 +148,8 @@ class RunRecord:
             raise StoreError(f"record has a malformed run id {self.run_id!r}")
         if self.replay_of is not None and not RUN_ID_RE.fullmatch(self.replay_of):
             raise StoreError(f"record {self.run_id}: malformed replay_of {self.replay_of!r}")
+        if any(not isinstance(i, str) or not RUN_ID_RE.fullmatch(i) for i in self.pin_for):
+            raise StoreError(f"record {self.run_id}: malformed pin_for {self.pin_for!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (manifest entries without ``link`` when they have none)."""
