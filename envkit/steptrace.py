@@ -33,8 +33,9 @@ class Divergence:
     """The first recorded step at which two traces differ.
 
     ``step`` 0 is the parameters before the first update (the initialisation); ``final`` means the records of every
-    step agreed and only the digests taken when training ended differ (the parameters were changed after the last
-    optimizer step). ``last_equal`` is the latest common recorded step before it whose digests were all equal: the
+    step agreed, that of the last step included, and only the digests taken when training ended differ (the
+    parameters were changed after the last optimizer step). A final record whose step was not otherwise recorded is
+    the record of that step (``final`` false). ``last_equal`` is the latest common recorded step before it whose digests were all equal: the
     divergence happened after it and at or before ``step``.
     """
 
@@ -258,7 +259,10 @@ def _compare_pair(ta: _Trace, tb: _Trace) -> tuple[Divergence | None, int, bool 
             grads = (_differ(ra["grads"], rb["grads"], order)[0]
                      if isinstance(ra["grads"], dict) and isinstance(rb["grads"], dict) else [])
             if params or grads or only_a or only_b:
-                found.append(Divergence(ta.name, opt, key[1], key[2], last_equal, params, grads, only_a, only_b))
+                # A final record tells of a change after training only when the same step's record was equal; after
+                # sparse records (auto) it is the first record of the steps since the last one, like any other.
+                final = key[2] and last_equal == key[1]
+                found.append(Divergence(ta.name, opt, key[1], final, last_equal, params, grads, only_a, only_b))
                 break
             last_equal = key[1]
         fa, fb = _final_params(ta, opt), _final_params(tb, opt)
@@ -383,13 +387,12 @@ def describe_pin(p: PinnedStep) -> str:
 
 def pinned_divergence(div: dict[str, Any], pinned: PinnedStep) -> dict[str, Any]:
     """Replay's divergence (:func:`first_divergence_in_runs`) with what the reruns found: the exact step in place of
-    the recorded one (which moves to ``recorded``), the pin under ``pin``; the message says both."""
-    out = {**div, "pin": pinned.to_dict()}
+    the recorded one (which moves to ``recorded``), the pin under ``pin``, and ``pin_message`` saying how it was
+    found."""
+    out = {**div, "pin": pinned.to_dict(), "pin_message": describe_pin(pinned)}
     if pinned.outcome == PINNED and pinned.divergence is not None:
         exact = pinned.divergence
         out["recorded"] = {k: div.get(k) for k in ("step", "last_equal", "params", "grads")}
         out.update(exact.to_dict())
-        out["message"] = f"training diverged {describe_divergence(exact)}; {describe_pin(pinned)}"
-    else:
-        out["message"] = f"{div.get('message')}; {describe_pin(pinned)}"
+        out["message"] = f"training diverged {describe_divergence(exact)}"
     return out

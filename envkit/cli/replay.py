@@ -101,6 +101,8 @@ def render_verdict(verdict, original: str, replay: str) -> str:
             lines.append(f"           (not compared as tensors: {f.tensor_error})")
     if verdict.kind == "DIVERGED" and verdict.divergence and verdict.divergence.get("message"):
         lines.append(f"  training: {verdict.divergence['message']}")
+        if verdict.divergence.get("pin_message"):
+            lines.append(f"  pin: {verdict.divergence['pin_message']}")
     if verdict.stdout_differs:
         lines.append(f"  stdout differs from line {verdict.stdout_first_line} (not part of the verdict: logs carry "
                      "timings)")
