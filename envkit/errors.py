@@ -10,6 +10,19 @@ the table in README.md lists them, and a test checks that no two classes share o
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 80
+_repr.maxlevel = 2
+
+
+def shown(value: Any) -> str:
+    """``value`` quoted for an error message: a short ``repr`` on one line, even for a huge or deeply nested value
+    (``repr`` escapes newlines and escape sequences; reprlib stops at depth and length limits)."""
+    return _repr.repr(value)
+
 
 class EnvkitError(Exception):
     """Root of every envkit error."""
@@ -172,6 +185,12 @@ class InputChangedError(EnvkitError):
     """A recorded input's content changed since the run."""
 
     exit_code = 41
+
+
+class MountError(EnvkitError):
+    """A mount is unsafe (a socket, a device, a system folder) or, replaying an imported run, not given."""
+
+    exit_code = 43
 
 
 class BundleError(EnvkitError):

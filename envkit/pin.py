@@ -34,6 +34,7 @@ from envkit.errors import EnvkitError, StoreError
 from envkit.optdiff import OpComparison, OpFinding, compare_optraces, optrace_files, read_optrace
 from envkit.replay import Verdict, acquire_image, host_differences, replay_job
 from envkit.run.executor import Sink, execute
+from envkit.run.mounts import replay_mounts
 from envkit.run.tracing import TraceSpec
 from envkit.steptrace import (
     FAILED,
@@ -45,6 +46,7 @@ from envkit.steptrace import (
     pinned_divergence,
     trace_files,
 )
+from envkit.store.bundle import is_imported
 from envkit.store.filestore import FileStore
 from envkit.store.record import RunRecord
 
@@ -97,7 +99,9 @@ class _Pair:
         layout = self.store.layout(record.run_id)
         image_id, notes = acquire_image(self.engine, record, layout, rebuild=False)
         mismatch = any(d.changes_numerics for d in host_differences(record, self.now))
-        job = replay_job(record, layout, image_id, mismatch)
+        # The inputs as the run's own replay takes them (an imported run's inputs cannot be found here: MountError).
+        mounts = replay_mounts(record.mounts, {}, imported=is_imported(layout))
+        job = replay_job(record, layout, image_id, mismatch, mounts)
         job.trace, job.pin_for = trace, [self.a.run_id, self.b.run_id]
         job.notes = [*notes, f"a pin run of {self.a.run_id} and {self.b.run_id}: the job of {record.run_id} again, "
                              f"--trace {trace}"]

@@ -27,9 +27,12 @@ from envkit.errors import (
 from envkit.fingerprint import FieldDiff, compare_fingerprints
 from envkit.manifest import compare
 from envkit.run.executor import JobSpec, Sink, container_software, execute, job_environment, run_tool
+from envkit.run.mounts import replay_mounts
+from envkit.store.bundle import is_imported
 from envkit.store.filestore import FileStore
 from envkit.store.layout import RunLayout
-from envkit.store.record import REDACTED, RunRecord
+from envkit.store.record import RunRecord
+from envkit.store.redact import is_redacted
 
 IDENTICAL, DIVERGED, FAILED = "IDENTICAL", "DIVERGED", "FAILED"
 VERDICT_EXIT = {IDENTICAL: EXIT_IDENTICAL, DIVERGED: EXIT_DIVERGED, FAILED: EXIT_FAILED}
@@ -112,13 +115,21 @@ def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False
 
     original = store.read(run_id)
     layout = store.layout(run_id)
+    # Mounts first: an imported run's inputs must be given here, before anything is pulled or run.
+    mounts = replay_mounts(original.mounts, mount_overrides or {}, imported=is_imported(layout))
     now = host_fingerprint(engine)
     forced = _check(host_differences(original, now), force)
     image_id, notes = acquire_image(engine, original, layout, rebuild)
     forced += _check(container_differences(engine, store, original, image_id, now.get("host") or {}), force)
     if forced and on_forced is not None:
         on_forced(forced)
-    job = replay_job(original, layout, image_id, bool(forced), mount_overrides)
+    job = replay_job(original, layout, image_id, bool(forced), mounts)
+    lost = unrestorable_environment(original)
+    if lost:
+        notes.append(f"the replay cannot restore the redacted variable(s) {', '.join(lost)}: the job sees them unset")
+    if any(is_redacted(a) for a in original.args):
+        notes.append("the replay cannot restore the script arguments that were redacted: it passes "
+                     "<redacted> in their place")
     job.notes = list(notes)
     verdict: list[Verdict] = []
 
@@ -221,19 +232,16 @@ def record_digests(record: RunRecord) -> list[str]:
 
 # --- 3. the rerun ------------------------------------------------------------------------------------------------
 def replay_job(record: RunRecord, layout: RunLayout, image_id: str, mismatch: bool,
-               mount_overrides: dict[str, Path] | None = None) -> JobSpec:
-    """The original run's job, on its recorded code snapshot and inputs."""
-    mounts = []
-    for m in record.mounts:
-        source = (mount_overrides or {}).get(m["target"], Path(m["source"]))
-        mounts.append(Mount(Path(source), m["target"]))
+               mounts: list[Mount] | None = None) -> JobSpec:
+    """The original run's job, on its recorded code snapshot and inputs (``mounts``: see
+    :func:`envkit.run.mounts.replay_mounts`)."""
     return JobSpec(
         project=layout.code, script=record.script or "", args=list(record.args), image_id=image_id,
         image_ref=record.image.ref, image_digests=record_digests(record), seed=int(record.seed or 0),
-        determinism=record.determinism, threads=record.threads, cpu_profile=record.cpu_profile, mounts=mounts,
+        determinism=record.determinism, threads=record.threads, cpu_profile=record.cpu_profile, mounts=list(mounts or []),
         trace=record.trace, lock=record.lock, command=[], replay_of=record.run_id, platform_mismatch=mismatch,
         expected_inputs=list(record.inputs), code_source=layout.code,
-        extra_env=user_environment(record), memory=record.memory,
+        extra_env=user_environment(record), memory=record.memory, network=record.network,
         lock_text=layout.lock.read_text() if layout.lock.is_file() else None,
     )
 
@@ -247,7 +255,13 @@ def user_environment(record: RunRecord) -> dict[str, str]:
                    seed=int(record.seed or 0), determinism=record.determinism, threads=record.threads,
                    cpu_profile=record.cpu_profile, trace=record.trace)
     derived = job_environment(stub, record.run_id)
-    return {k: v for k, v in record.environment.items() if k not in derived and v != REDACTED}
+    return {k: v for k, v in record.environment.items() if k not in derived and not is_redacted(v)}
+
+
+def unrestorable_environment(record: RunRecord) -> list[str]:
+    """The variables of the record whose values were redacted (wholly or a URL's password): a replay leaves them
+    unset. Its note and the CLI say which."""
+    return [k for k, v in record.environment.items() if is_redacted(v)]
 
 
 # --- 4. the verdict ----------------------------------------------------------------------------------------------

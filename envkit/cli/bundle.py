@@ -44,11 +44,11 @@ def import_cmd(
 ) -> None:
     """Check a bundle (paths, links, every hash) and add its run (and image) to this host's store."""
     from envkit.settings import store_dir
-    from envkit.store.bundle import import_bundle
+    from envkit.store.bundle import bundle_has_image, import_bundle
     from envkit.store.filestore import FileStore
 
     engine = None
-    if _has_image(bundle):
+    if bundle.is_file() and bundle_has_image(bundle):
         from envkit.engine import connect
 
         engine = connect()
@@ -60,16 +60,3 @@ def import_cmd(
     err_console.print(f"run {result.run_id} {what}" + (f"; image {result.image_loaded[:19]} loaded"
                                                         if result.image_loaded else ""), highlight=False)
     typer.echo(result.run_id)
-
-
-def _has_image(bundle: Path) -> bool:
-    import tarfile
-
-    from envkit.errors import BundleError
-    from envkit.store.bundle import IMAGE_FILE
-
-    try:
-        with tarfile.open(bundle, "r:*") as tar:
-            return any(m.name == IMAGE_FILE for m in tar)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BundleError(f"{bundle} is not a readable envkit bundle ({exc})") from exc

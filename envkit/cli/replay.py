@@ -31,7 +31,7 @@ def replay_cmd(
     Exit codes: 0 IDENTICAL, 3 DIVERGED, 4 FAILED; 40 platform refused (see --force), 41 an input changed.
     """
     from envkit.engine import connect
-    from envkit.errors import JobError, PlatformMismatchError
+    from envkit.errors import MountError, PlatformMismatchError
     from envkit.pin import replay_pinner
     from envkit.replay import replay
     from envkit.run.executor import Sink
@@ -42,8 +42,8 @@ def replay_cmd(
     for m in mount or []:
         dst, sep, src = m.partition("=")
         if not sep or not dst.startswith("/"):
-            raise JobError(f"--mount {m!r} is not DST=SRC", hint="e.g. --mount /data=./data")
-        overrides[dst.rstrip("/")] = Path(src).expanduser().resolve()
+            raise MountError(f"--mount {m!r} is not DST=SRC", hint="e.g. --mount /data=./data")
+        overrides[dst.rstrip("/")] = Path(src).expanduser()
     store = FileStore(store_dir())
     store.read(run_id)  # an unknown run is reported before the engine is asked for anything
 

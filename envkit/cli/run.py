@@ -10,7 +10,14 @@ import typer
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json
 from envkit.cli._options import choice
-from envkit.settings import CPU_PROFILES, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE, DETERMINISM_LEVELS
+from envkit.settings import (
+    CPU_PROFILES,
+    DEFAULT_DETERMINISM,
+    DEFAULT_THREADS,
+    DEFAULT_TRACE,
+    DETERMINISM_LEVELS,
+    NETWORK_MODES,
+)
 
 SEED_MAX = 2**32 - 1
 
@@ -50,7 +57,8 @@ def run_cmd(
                               help="Parameter digests every N optimizer steps; auto keeps the cost under 2%; off. "
                                    "Add ops:STEP (e.g. auto,ops:5) for a digest of every ATen op of one step; "
                                    "ops alone: the divergent step found last for this script."),
-    network: str = typer.Option("none", "--network", help="Container network: none (default, hermetic) or bridge."),
+    network: str = typer.Option("none", "--network", callback=choice(NETWORK_MODES),
+                                help="Container network: none (default, hermetic) or bridge."),
     env: list[str] = typer.Option(None, "--env", help="KEY=VALUE for the job (repeatable); secrets are redacted in "
                                                        "the record."),
     memory: str = typer.Option(None, "--memory", help="Memory limit, e.g. 4g; a job killed for memory is marked oom."),
@@ -77,7 +85,8 @@ def run_cmd(
     store = FileStore(store_dir(request.project))
     record = run(connect(), store, request, sink=Sink(None, None) if json_out else None,
                  on_started=None if json_out else (lambda rid: err_console.print(f"run {rid} started",
-                                                                                    highlight=False)))
+                                                                                    highlight=False)),
+                 on_warning=lambda line: err_console.print(f"warning: {line}", highlight=False))
     if json_out:
         print_json(summary(record))
     else:

@@ -35,7 +35,7 @@ from envkit import cpuprofile
 from envkit.engine import Container, ContainerSpec, Engine, GpuRequest, Mount
 from envkit.errors import EnvkitError, InputChangedError, JobError
 from envkit.manifest import ManifestEntry, manifest, outputs_between
-from envkit.run.snapshot import git_info, snapshot
+from envkit.run.snapshot import git_info, list_project, snapshot
 from envkit.run.tracing import trace_environment
 from envkit.settings import (
     CONTAINER_META,
@@ -49,15 +49,16 @@ from envkit.settings import (
     ENV_RUN_ID,
     ENV_SEED,
     ENV_THREADS,
+    JOB_UID,
     LABEL_RUN,
+    PIDS_LIMIT,
 )
-from envkit.store.filestore import FileStore
+from envkit.store.filestore import FileStore, process_start
 from envkit.store.layout import RunLayout, output_name
 from envkit.store.record import CodeInfo, Fingerprint, ImageInfo, LockInfo, RunRecord, Timings, utc_now
 
 # Never outputs: bytecode caches a job's imports may leave (PYTHONDONTWRITEBYTECODE is set, but a job may unset it).
 OUTPUT_EXCLUDE = ("__pycache__/", "*.pyc")
-RESERVED_TARGETS = (CONTAINER_WORKDIR, CONTAINER_META, CONTAINER_OUTPUT, CONTAINER_TOOLS)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class JobSpec:
     memory: str | None = None  # container memory limit (docker syntax, e.g. 4g)
     notes: list[str] = field(default_factory=list)  # carried into the record (replay: how the image was had)
     pin_for: list[str] = field(default_factory=list)  # a pin run: the two runs whose parting it reruns to pin down
+    user: str | None = None  # uid:gid inside the container; default: the invoking user, or JOB_UID when it is root
 
 
 @dataclass
@@ -113,6 +115,9 @@ def job_environment(job: JobSpec, run_id: str) -> dict[str, str]:
         ENV_OUTPUT_DIR: CONTAINER_OUTPUT,
         ENV_CPU_PROFILE: job.cpu_profile,
         "HOME": "/tmp",
+        # The job's uid has no passwd entry in the image: getpass.getuser() (torch Inductor's caches) reads these.
+        "USER": "envkit",
+        "LOGNAME": "envkit",
     }
     env.update(cpuprofile.profile_env(job.cpu_profile, job.threads))
     env.update(trace_environment(job.trace, CONTAINER_META))
@@ -141,21 +146,27 @@ def hash_inputs(mounts: list[Mount]) -> list[ManifestEntry]:
 
 
 def check_inputs(recorded: list[ManifestEntry], current: list[ManifestEntry]) -> None:
-    """Replay: refuse when an input's content differs from the record, naming the file."""
+    """Replay: the inputs must be the recorded ones exactly: none changed, none missing, none added."""
     now = {e.path: e for e in current}
     for e in recorded:
         got = now.get(e.path)
         if got is None:
             raise InputChangedError(f"input {e.path} is missing", hint="mount the same data as the original run")
-        if got.sha256 != e.sha256:
+        if got.sha256 != e.sha256 or got.link != e.link:
             raise InputChangedError(f"input {e.path} changed since the run (sha256 {got.sha256[:12]}..., "
                                     f"recorded {e.sha256[:12]}...)", hint="restore the original input")
+    extra = sorted(set(now) - {e.path for e in recorded})
+    if extra:
+        raise InputChangedError(f"input {extra[0]} was not there when the run was made"
+                                + (f" ({len(extra) - 1} more)" if len(extra) > 1 else ""),
+                                hint="mount exactly the data of the original run")
 
 
 def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = None,
             on_started: Callable[[str], None] | None = None,
             fingerprint: dict[str, Any] | None = None,
-            before_final_write: Callable[[RunRecord], None] | None = None) -> RunRecord:
+            before_final_write: Callable[[RunRecord], None] | None = None,
+            on_warning: Callable[[str], None] | None = None) -> RunRecord:
     """Run one job and return its final record (also written to the store).
 
     Args:
@@ -164,6 +175,7 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
         fingerprint: this host's fingerprint when the caller has it already (replay does); else taken here.
         before_final_write: called with the complete record just before its final write (replay adds its
             verdict there, so the record is written once more, not twice).
+        on_warning: called with one line for what the user should know (files left out of the snapshot).
 
     Raises:
         JobError: the container could not be created or started (the record ends ``failed``).
@@ -189,10 +201,15 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
                         digest=job.image_digests[0] if job.image_digests else None),
         lock=job.lock, inputs=inputs, replay_of=job.replay_of, platform_mismatch=job.platform_mismatch,
         mounts=[{"source": str(m.source), "target": m.target} for m in job.mounts], trace=job.trace,
-        memory=job.memory, notes=list(job.notes), pin_for=list(job.pin_for),
+        memory=job.memory, notes=list(job.notes), network=job.network, host_pid=os.getpid(),
+        host_pid_start=process_start(os.getpid()), pin_for=list(job.pin_for),
     )
     record.timings = Timings(build_s=job.build_s)
-    work = _prepare(job, layout, store, record)
+    user = job.user or (f"{JOB_UID}:{JOB_UID}" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}")
+    record.user = user
+    work = _prepare(job, layout, store, record, on_warning)
+    if os.getuid() == 0 and user != "0:0" and not user.startswith("0:"):
+        _hand_over(layout, user)
     record.fingerprint = Fingerprint(**fingerprint)
     record.started = utc_now()
     store.write(record)
@@ -203,8 +220,8 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
                 Mount(layout.meta, CONTAINER_META, read_only=False),
                 Mount(layout.output, CONTAINER_OUTPUT, read_only=False),
                 *[Mount(m.source, m.target, read_only=True) for m in job.mounts]],
-        user=f"{os.getuid()}:{os.getgid()}", network=job.network, labels={LABEL_RUN: run_id},
-        gpus=gpu_request(job.gpus), memory=job.memory,
+        user=user, network=job.network, labels={LABEL_RUN: run_id}, gpus=gpu_request(job.gpus), memory=job.memory,
+        cap_drop=("ALL",), security_opt=("no-new-privileges",), pids_limit=PIDS_LIMIT,
     )
     status, exit_code, failure = "failed", None, None
     t_run = time.monotonic()
@@ -226,7 +243,8 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
     return record
 
 
-def _prepare(job: JobSpec, layout: RunLayout, store: FileStore, record: RunRecord) -> Any:
+def _prepare(job: JobSpec, layout: RunLayout, store: FileStore, record: RunRecord,
+             on_warning: Callable[[str], None] | None) -> Any:
     """The working copy (hashed), the pristine code copy, meta and output folders, git state and the lock."""
     # Copied and hashed once, into the working copy; its manifest keeps the copies' stats, so the outputs pass
     # rehashes only files the job touched. code/ is a plain copy kept pristine for export and replay.
@@ -235,9 +253,14 @@ def _prepare(job: JobSpec, layout: RunLayout, store: FileStore, record: RunRecor
         files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_symlink() or p.is_file())
         code = snapshot(src, layout.work, files=files)
     else:
-        code = snapshot(job.project, layout.work, exclude_dirs=[store.root])
+        listing = list_project(job.project, exclude_dirs=[store.root])
+        if listing.warning:
+            record.notes.append(listing.warning)
+            if on_warning is not None:
+                on_warning(listing.warning)
+        code = snapshot(job.project, layout.work, files=listing.files)
     shutil.copytree(layout.work, layout.code, symlinks=True)
-    layout.meta.mkdir()  # the job runs as the invoking user, who owns these folders: no mode change needed
+    layout.meta.mkdir()
     layout.output.mkdir()
     gi = git_info(job.project) if job.code_source is None else None
     record.code = CodeInfo(sha256=code.sha256, git_commit=gi.commit if gi else None,
@@ -248,6 +271,17 @@ def _prepare(job: JobSpec, layout: RunLayout, store: FileStore, record: RunRecor
     if job.lock_text is not None:
         layout.lock.write_text(job.lock_text, encoding="utf-8")  # export and rebuild need the lock itself
     return code
+
+
+def _hand_over(layout: RunLayout, user: str) -> None:
+    """Give the folders the job writes to the unprivileged user it runs as (envkit itself runs as root here)."""
+    uid, _, gid = user.partition(":")
+    uid_n, gid_n = int(uid), int(gid or uid)
+    for top in (layout.work, layout.meta, layout.output):
+        os.chown(top, uid_n, gid_n)
+        for current, dirs, files in os.walk(top):
+            for name in dirs + files:
+                os.chown(os.path.join(current, name), uid_n, gid_n, follow_symlinks=False)
 
 
 def _finish(engine: Engine, store: FileStore, record: RunRecord, layout: RunLayout, work: Any, env: dict[str, str],
@@ -286,10 +320,11 @@ def _run_container(container: Container, layout: RunLayout, sink: Sink, on_start
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a closed terminal stops the job too
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        with open(layout.stdout_log, "wb") as out_log, open(layout.stderr_log, "wb") as err_log:
+        # Unbuffered: the logs hold everything the job printed even if envkit itself is killed.
+        with open(layout.stdout_log, "wb", buffering=0) as out_log, open(layout.stderr_log, "wb", buffering=0) as err_log:
             output = container.start()
             if on_started:
                 on_started(run_id)

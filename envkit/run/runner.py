@@ -10,12 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envkit.engine import Engine, Mount
+from envkit.engine import Engine
 from envkit.errors import CpuProfileError, JobError, ScriptNotFoundError
-from envkit.run.executor import RESERVED_TARGETS, JobSpec, Sink, execute
+from envkit.run.executor import JobSpec, Sink, execute
 from envkit.run.images import resolve_image
+from envkit.run.mounts import parse_mount
 from envkit.run.tracing import resolve_ops_step
-from envkit.settings import DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE
+from envkit.settings import DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE, NETWORK_MODES
 from envkit.store.filestore import FileStore
 from envkit.store.record import RunRecord
 
@@ -43,7 +44,8 @@ class RunRequest:
 
 
 def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None = None,
-        on_started: Callable[[str], None] | None = None) -> RunRecord:
+        on_started: Callable[[str], None] | None = None,
+        on_warning: Callable[[str], None] | None = None) -> RunRecord:
     """Run a script in its image, seeded and recorded; the final record.
 
     Raises:
@@ -51,6 +53,9 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
         CpuProfileError (a profile other than the image's), and what building the image raises.
     """
     project = Path(request.project)
+    if request.network not in NETWORK_MODES:
+        raise JobError(f"network {request.network!r} is not one of {', '.join(NETWORK_MODES)}",
+                       hint="none keeps the job hermetic; bridge gives it the network")
     script = check_script(project, request.script)
     mounts = [parse_mount(m) for m in request.mounts]
     resolved = resolve_image(engine, project, request.lock, request.image,
@@ -69,7 +74,7 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
         lock=resolved.lock, command=list(request.command), build_s=resolved.build_s, lock_text=resolved.lock_text,
         extra_env=dict(request.env), memory=request.memory,
     )
-    return execute(engine, store, job, sink=sink, on_started=on_started)
+    return execute(engine, store, job, sink=sink, on_started=on_started, on_warning=on_warning)
 
 
 def check_script(project: Path, script: str) -> str:
@@ -83,21 +88,3 @@ def check_script(project: Path, script: str) -> str:
     except ValueError:
         raise ScriptNotFoundError(f"script {script} is outside the project folder {project}",
                                   hint="run envkit from the folder that contains the script") from None
-
-
-def parse_mount(text: str) -> Mount:
-    """``SRC:DST`` as a read-only input mount.
-
-    Raises:
-        JobError: malformed, a missing source, or a target envkit reserves.
-    """
-    src, sep, dst = text.partition(":")
-    if not sep or not src or not dst.startswith("/"):
-        raise JobError(f"--mount {text!r} is not SRC:DST with an absolute DST",
-                       hint="e.g. --mount ./data:/data (mounted read-only, hashed as inputs)")
-    path = Path(src).expanduser().resolve()
-    if not path.exists():
-        raise JobError(f"--mount source {src} does not exist")
-    if dst.rstrip("/") in (*RESERVED_TARGETS, "", "/"):
-        raise JobError(f"--mount target {dst} is reserved by envkit")
-    return Mount(path, dst.rstrip("/"))

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import socket
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +42,31 @@ INDEX = "index.jsonl"
 PROBES = "probes"
 _INDEX_VERSION = "1"
 _PROBE_KEY_RE = re.compile(r"[0-9a-f]{16,64}")
+
+
+def process_start(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (with its pid, it names the process even after reuse)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def abandoned(record: RunRecord) -> bool:
+    """A ``running`` record whose envkit process, on this host, is gone (killed, crashed): it will never finish."""
+    if record.status != "running" or record.host_pid is None:
+        return False
+    if (record.fingerprint.host or {}).get("hostname") != socket.gethostname():
+        return False  # another host's run (a shared store): its process is not ours to judge
+    return process_start(record.host_pid) != record.host_pid_start
+
+
+def _mark_abandoned(record: RunRecord) -> RunRecord:
+    if abandoned(record):
+        record.status = "abandoned"
+        record.notes.append(f"the envkit process {record.host_pid} that ran it is gone; the run never finished")
+    return record
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -155,7 +181,7 @@ class FileStore:
             raise ValueError(f"malformed probe key {key!r}")
         try:
             data = json.loads((self.root / PROBES / f"{key}.json").read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
         return data if isinstance(data, dict) else None
 
@@ -210,7 +236,7 @@ class FileStore:
             InvalidRunIdError: malformed id. RunNotFoundError: no such run. StoreError: the record is missing,
                 unreadable, not JSON, or not a valid record.
         """
-        return self._load(validate_run_id(run_id))[0]
+        return _mark_abandoned(self._load(validate_run_id(run_id))[0])
 
     def list(self, limit: int | None = None) -> Listing:
         """Runs newest first (at most ``limit``); folders that are not readable runs are reported, not fatal."""
@@ -261,7 +287,21 @@ class FileStore:
             self._compact(ids, cached, fresh)
         elif fresh:
             self._append_index(fresh)
+        self._show_abandoned(texts, rows)
         return Listing(texts, rows, broken)
+
+    def _show_abandoned(self, texts: list[str], rows: list[dict[str, Any]]) -> None:
+        """Runs still `running` whose envkit process is gone are listed as `abandoned` (only those few are read)."""
+        for i, row in enumerate(rows):
+            if row["status"] != "running":
+                continue
+            try:
+                record = self._load(row["run_id"])[0]
+            except EnvkitError:
+                continue
+            if abandoned(record):
+                rows[i] = {**row, "status": "abandoned"}
+                texts[i] = json.dumps(rows[i], sort_keys=True)
 
     # --- internals --------------------------------------------------------------------------------------------------
     def _load(self, run_id: str) -> tuple[RunRecord, os.stat_result]:
@@ -279,7 +319,7 @@ class FileStore:
             raise StoreError(f"cannot read the record of run {run_id}: {exc.strerror}") from exc
         try:
             data = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise StoreError(f"the record of run {run_id} is not valid JSON ({exc})",
                              hint=f"inspect or remove {run_dir}") from exc
         record = RunRecord.from_dict(data)
@@ -302,7 +342,7 @@ class FileStore:
                 entries.append(parts)
         try:
             parsed = json.loads("[" + ",".join(p[3] for p in entries) + "]")  # one parse for all: much faster
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = [_loads_or_none(p[3]) for p in entries]
         cached = {}
         for parts, row in zip(entries, parsed, strict=True):
@@ -336,7 +376,7 @@ class FileStore:
 def _loads_or_none(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
