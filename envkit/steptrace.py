@@ -369,19 +369,18 @@ def judge_pin(run_a: Path, run_b: Path, first: int, last: int, runs: list[str]) 
 
 def describe_pin(p: PinnedStep) -> str:
     """One line on what the reruns found, for ``envkit diff`` and replay's verdict."""
-    reruns = f"the reruns {' and '.join(p.runs)}" if p.runs else "the reruns"
-    traced = f"traced every step from {p.first} to {p.last}"
+    reruns = f"reruns of both jobs that traced every step from {p.first} to {p.last}"
+    runs = f" (runs {', '.join(p.runs)})" if p.runs else ""
     if p.outcome == PINNED:
-        return (f"recorded steps {p.first} and {p.last} bracketed it; {reruns} of both jobs {traced} and part at "
-                f"step {p.step}")
+        return f"recorded steps {p.first} and {p.last} bracketed it; {reruns} part at step {p.step}{runs}"
     if p.outcome == EARLIER:
-        return (f"{reruns} of both jobs {traced} and part at step {p.step}, before the bracket: where the runs part "
-                "moves from run to run")
+        return (f"{reruns} part at step {p.step}, before the bracket: where the runs part moves from run to "
+                f"run{runs}")
     if p.outcome == LATER:
-        return f"{reruns} of both jobs {traced} and agree through step {p.last}: they part later"
+        return f"{reruns} agree through step {p.last}: they part later{runs}"
     if p.outcome == AGREE:
-        return (f"{reruns} of both jobs {traced} and agree at every step: the difference did not happen again on this "
-                "host (did it come from what differs between the runs' hosts?)")
+        return (f"{reruns} agree at every step: the difference did not happen again on this host (did it come from "
+                f"what differs between the runs' hosts?){runs}")
     return f"not pinned: {p.note}"
 
 

@@ -135,7 +135,8 @@ def test_a_replay_bracketed_by_sparse_steps_reruns_both_jobs_and_names_the_exact
         (original.run_id, result.run_id)}
     assert pins[0].environment["ENVKIT_TRACE_STEPS"] == "16-32" and "ENVKIT_TRACE" not in pins[0].environment
     assert d["pin"]["outcome"] == PINNED and sorted(d["pin"]["runs"]) == sorted(p.run_id for p in pins)
-    assert d["pin_message"].startswith("recorded steps 16 and 32 bracketed it; the reruns ")
+    assert d["pin_message"] == ("recorded steps 16 and 32 bracketed it; reruns of both jobs that traced every step "
+                                f"from 16 to 32 part at step 23 (runs {', '.join(d['pin']['runs'])})")
     assert len(messages) == 2 and "--trace off,steps:16-32" in messages[0]
     assert store.read(result.run_id).verdict["divergence"]["step"] == 23  # in the replay's record, written once
 
