@@ -1,8 +1,9 @@
 """Op traces: every ATen op of one training step, in order, with a digest of its outputs, so two runs can be told
 apart by op.
 
-How it gets in. The in-job package (this module, :mod:`.optracer`, :mod:`.tensorbytes`) is copied into the image; the
-bootstrap calls :func:`install` once torch is imported when ``ENVKIT_TRACE_OPS`` names a step. On a host,
+How it gets in. The in-job package (this module, :mod:`.optracer`, :mod:`.opframes`, :mod:`.opfile`,
+:mod:`.tensorbytes`) is copied into the image; the bootstrap calls :func:`install` once torch is imported when
+``ENVKIT_TRACE_OPS`` names a step (``envkit run --trace ops:STEP`` sets it). On a host,
 ``envkit.injob.optrace.install(torch, step=3)`` does the same. No change to the job's script: everything hangs on
 torch's global optimizer step hooks and global module forward hooks, and the ops are seen through a
 ``TorchDispatchMode``.
