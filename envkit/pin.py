@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from envkit.engine import Engine
-from envkit.errors import EnvkitError, StoreError
+from envkit.errors import EnvkitError, JobError, StoreError
 from envkit.optdiff import OpComparison, OpFinding, compare_optraces, optrace_files, read_optrace
 from envkit.replay import Verdict, acquire_image, host_differences, replay_job
 from envkit.run.executor import Sink, execute
@@ -86,8 +86,11 @@ class _Pair:
         for side, (record, trace) in enumerate(((self.a, trace_a), (self.b, trace_b))):
             if got[side] is None:
                 self.progress(f"{why}: rerunning run {'AB'[side]}'s job ({record.run_id}), --trace {trace}")
-                got[side] = self._rerun(record, trace)
-                self.found[(record.run_id, trace)] = got[side]
+                made = self._rerun(record, trace)
+                if made.status != "succeeded":  # no use running the other side: there is nothing to compare with
+                    raise JobError(f"the rerun {made.run_id} of run {'AB'[side]}'s job ended {made.status}",
+                                   hint=f"its output is in the store: envkit show {made.run_id}")
+                got[side] = self.found[(record.run_id, trace)] = made
         return got[0], got[1]
 
     def _rerun(self, record: RunRecord, trace: str) -> RunRecord:
@@ -194,9 +197,11 @@ def find(engine: Engine | None, store: FileStore, a: RunRecord, b: RunRecord, re
     """The exact step and the first op where two runs part, as far as the store holds them; with ``rerun``, the
     missing reruns are made (``envkit diff --pin``).
 
+    With ``rerun``, a rerun that cannot start (its image is gone, an input changed) or that fails ends the pinning
+    there: what was found so far comes back, with a note that says why it stopped.
+
     Raises:
-        TraceError: a trace is malformed. With ``rerun``: what replaying a run raises (ImageNotFoundError, an input
-        that changed, ...).
+        TraceError: a recorded trace is malformed.
     """
     out = Findings()
     if a.run_id == b.run_id:
@@ -206,6 +211,22 @@ def find(engine: Engine | None, store: FileStore, a: RunRecord, b: RunRecord, re
     d = compare_traces(fa, fb).divergence if trace_files(fa) and trace_files(fb) else None
     own = own_op_traces(store, a, b)
     own_step = own_op_step(store, a) if own is not None else None
+    if rerun and d is None and own is None:
+        out.notes.append("nothing to pin: the runs have no step traces and no op traces to start from")
+    elif rerun and d is not None and d.op_step is None and not d.pinnable:
+        out.notes.append("nothing to pin: the runs part at initialisation or after training, not in a training step")
+    try:
+        _find_step_and_op(pair, out, d, own, own_step)
+    except EnvkitError as exc:  # a rerun that could not run or failed: show what was found, and why it stopped
+        if not rerun:
+            raise
+        out.notes.append(f"--pin stopped: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+    return out
+
+
+def _find_step_and_op(pair: _Pair, out: Findings, d: Divergence | None, own: OpComparison | None,
+                      own_step: int | None) -> None:
+    a, b = pair.a, pair.b
     hint = f"`envkit diff --pin {a.run_id} {b.run_id}` reruns both jobs"
     step = None
     if d is not None and d.pinnable:
@@ -232,7 +253,6 @@ def find(engine: Engine | None, store: FileStore, a: RunRecord, b: RunRecord, re
     if first_op is not None and first_op.kind == "output" and not first_op.tensors and not out.ops.saved_runs:
         out.hints.append(f"{hint} saving the inputs and outputs of op #{first_op.index_a} of step {out.ops.step}, to "
                          "count the elements that differ")
-    return out
 
 
 def replay_pinner(engine: Engine, store: FileStore, progress: Progress | None = None) -> Callable[..., None]:

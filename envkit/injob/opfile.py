@@ -6,18 +6,11 @@ Part of the in-job package: the standard library only at import.
 import json
 import os
 
+from .trace import file_name  # one naming scheme for both traces
+
 FORMAT_VERSION = 1
 SAVED_SUFFIX = ".safetensors"
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
-def file_name(base, rank=None, n=0):
-    """A process's trace file: ``optrace.jsonl``, ``optrace.rank1.jsonl``, ``optrace.2.jsonl``."""
-    stem, dot, suffix = base.rpartition(".")
-    if not dot:
-        stem, suffix = base, ""
-    parts = [stem] + ([f"rank{rank}"] if rank is not None else []) + ([str(n)] if n else []) + ([suffix] if dot else [])
-    return ".".join(parts)
 
 
 def saved_name(trace_path, index):

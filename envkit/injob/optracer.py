@@ -307,10 +307,10 @@ class Tracer:
                 entry[0] = f"{value & _MASK64:016x}"
 
     def _claim(self):
-        self.file.claim(_rank(), {
+        self.file.claim(state.env_rank(), {
             "envkit_optrace": FORMAT_VERSION, "step": self.step,
             "digest": DEVICE_DIGEST if self.device_everywhere else DIGEST, "device_digest": DEVICE_DIGEST,
-            "max_ops": self.max_ops, "save": sorted(self.save), "pid": os.getpid(), "rank": _rank(),
+            "max_ops": self.max_ops, "save": sorted(self.save), "pid": os.getpid(), "rank": state.env_rank(),
             "torch": getattr(self.torch, "__version__", None)})
 
     def finish(self, complete):
@@ -380,11 +380,6 @@ def _make_mode(torch):
             return out
 
     return _OpTraceMode
-
-
-def _rank():
-    value = os.environ.get("RANK", "").strip()
-    return int(value) if value.isdigit() else None
 
 
 def _warn(message):

@@ -60,7 +60,7 @@ import time
 import weakref
 import zlib
 
-from .state import ENV_REPORT_DIR, ENV_TRACE, ENV_TRACE_FILE, ENV_TRACE_GRADS, ENV_TRACE_STEPS
+from .state import ENV_REPORT_DIR, ENV_TRACE, ENV_TRACE_FILE, ENV_TRACE_GRADS, ENV_TRACE_STEPS, env_rank
 
 FORMAT_VERSION = 1
 DIGEST = "crc32"
@@ -365,11 +365,6 @@ def _not_op_traced():
 
 
 # --- the file --------------------------------------------------------------------------------------------------------
-def _rank():
-    value = os.environ.get("RANK", "").strip()
-    return int(value) if value.isdigit() else None
-
-
 def file_name(base, rank=None, n=0):
     """A process's trace file: ``trace.jsonl``, ``trace.rank1.jsonl``, ``trace.2.jsonl``, ``trace.rank1.2.jsonl``."""
     stem, dot, suffix = base.rpartition(".")
@@ -382,7 +377,7 @@ def file_name(base, rank=None, n=0):
 def _claim():
     directory, base = os.path.split(_config.path)
     os.makedirs(directory or ".", exist_ok=True)
-    rank = _rank()
+    rank = env_rank()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
     for n in range(1000):
         path = os.path.join(directory, file_name(base, rank, n))

@@ -230,6 +230,24 @@ def test_ops_without_a_step_traces_the_step_pinned_last_for_the_script(project, 
     assert record.trace == "auto,ops:23" and record.environment["ENVKIT_TRACE_OPS"] == "23"
 
 
+def test_a_rerun_that_fails_stops_the_pin_with_a_note(project, store):
+    engine = FakeEngine()
+    works = training()
+
+    def fails_when_pinning(ctx: JobContext) -> Outcome:
+        return Outcome(1, stderr=b"out of memory\n") if "ENVKIT_TRACE_STEPS" in ctx.env else works(ctx)
+
+    original = start(engine, store, project, engine.add_image("img", fails_when_pinning))
+    result = replay(engine, store, original.run_id, sink=QUIET, after_judge=replay_pinner(engine, store))
+    d = result.verdict.divergence
+    assert result.verdict.kind == "DIVERGED" and d["step"] == 32 and d["pin"]["outcome"] == "failed"
+    assert d["pin_message"].startswith("not pinned: the rerun ") and d["pin_message"].endswith(
+        "of run A's job ended failed")
+    assert len(pin_runs(store)) == 1, "the other job was not rerun for nothing"
+    found = find(engine, store, original, result.record, rerun=True)
+    assert found.pinned is None and found.notes[0].startswith("--pin stopped: the rerun ")
+
+
 # --- the traces behind it --------------------------------------------------------------------------------------------------
 def step_trace(path: Path, steps: dict[int, str], final: tuple[int, str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
