@@ -77,6 +77,13 @@ class ProjectConfigError(EnvkitError):
     default_hint = "see README.md, 'Project configuration'"
 
 
+class ProjectEnvironmentError(EnvkitError):
+    """``envkit build`` or ``envkit run`` without a lockfile, and the project names none, or more than one."""
+
+    exit_code = 18
+    default_hint = "pass a lockfile (envkit build LOCKFILE, envkit run --lock LOCKFILE), or set lock in envkit.toml"
+
+
 class CpuProfileError(EnvkitError):
     """An unknown CPU profile name (from a record or an image label) or a bad thread count for it."""
 
@@ -204,6 +211,17 @@ class TraceError(EnvkitError):
     """A step trace file is unreadable, malformed, of an unknown format version, or made with another digest."""
 
     exit_code = 50
+
+
+# --- trackers ----------------------------------------------------------------------------------------------------
+class TrackerError(EnvkitError):
+    """An experiment tracker (MLflow) is unreachable, refused the export, or is not configured or installed.
+
+    Tracker trouble is never the run's trouble: the run and its record stay as they are, and the export can be
+    retried.
+    """
+
+    exit_code = 60
 
 
 # Verdict exit codes of `envkit replay` (not errors: the replay itself worked).

@@ -1,4 +1,5 @@
-"""`envkit replay RUN_ID`: platform check, the same image, the same inputs, a bitwise verdict."""
+"""`envkit replay RUN_ID | REGISTRY/REPO@sha256:...`: platform check, the same image, the same inputs, a bitwise
+verdict. A run from a registry is fetched and checked first (envkit.remote.fetch)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ import typer
 
 from envkit.cli import app
 from envkit.cli._console import err_console, out_console, print_json
+from envkit.cli._options import optional_value_command
+from envkit.cli.mlflow import MLFLOW_OPTION_HELP
+from envkit.tracking.config import looks_like_tracking_uri
 
 
-@app.command("replay")
+@app.command("replay", cls=optional_value_command({"--mlflow": looks_like_tracking_uri}))
 def replay_cmd(
-    run_id: str = typer.Argument(..., help="The run to replay (see `envkit runs`)."),
+    run_id: str = typer.Argument(..., metavar="RUN_ID|REF",
+                                 help="The run to replay: a run id (see `envkit runs`), or REGISTRY/REPO@sha256:... "
+                                      "as `envkit push` printed it."),
+    registry_repo: str = typer.Option(None, "--from", metavar="REGISTRY/REPO",
+                                      help="Fetch RUN_ID from this registry first (as `envkit pull` does)."),
     force: bool = typer.Option(False, "--force", help="Replay on a platform that differs in numerics; marked so."),
     rebuild: bool = typer.Option(False, "--rebuild",
                                  help="If the image cannot be had, rebuild it from the recorded lockfile "
@@ -22,17 +30,26 @@ def replay_cmd(
                                 help="When recorded steps bracket the divergence more than one step apart, do not "
                                      "rerun both jobs to name the exact step."),
     json_out: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
+    mlflow: str = typer.Option(None, "--mlflow", metavar="[URI]",
+                               help=MLFLOW_OPTION_HELP + " Replays export whenever a URI is configured; the "
+                                    "verdict goes on the original's MLflow run."),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="No MLflow export, even where a URI is configured."),
 ) -> None:
-    """Replay RUN_ID on this host and say whether every output is bitwise identical.
+    """Replay a run on this host and say whether every output is bitwise identical.
+
+    A run from a registry (REGISTRY/REPO@sha256:..., or RUN_ID --from REGISTRY/REPO) is fetched first: every file
+    checked against its record, the image pulled by its recorded digest, the platform checked.
 
     When the replay diverges and the step traces bracket it between recorded steps more than one step apart, both
     jobs are run again with every step between them traced, to name the exact step (--no-pin skips this).
 
     Exit codes: 0 IDENTICAL, 3 DIVERGED, 4 FAILED; 40 platform refused (see --force), 41 an input changed.
     """
+    from envkit.cli.mlflow import export_after_replay, mlflow_settings
     from envkit.engine import connect
     from envkit.errors import MountError, PlatformMismatchError
     from envkit.pin import replay_pinner
+    from envkit.remote import is_reference
     from envkit.replay import replay
     from envkit.run.executor import Sink
     from envkit.settings import store_dir
@@ -45,6 +62,11 @@ def replay_cmd(
             raise MountError(f"--mount {m!r} is not DST=SRC", hint="e.g. --mount /data=./data")
         overrides[dst.rstrip("/")] = Path(src).expanduser()
     store = FileStore(store_dir())
+    tracker = None if no_mlflow else mlflow_settings(mlflow, auto=True)  # a bad --mlflow before any work
+    if registry_repo is not None or is_reference(run_id):
+        from envkit.cli.remote import fetch_run
+
+        run_id = fetch_run(store, run_id, registry_repo, quiet=json_out).run_id
     store.read(run_id)  # an unknown run is reported before the engine is asked for anything
 
     def on_forced(diffs) -> None:
@@ -61,13 +83,17 @@ def replay_cmd(
     except PlatformMismatchError as exc:
         err_console.print(render_diffs(exc.differences), highlight=False)
         raise
+    # The verdict goes to the original's MLflow run; tracker trouble is a warning, never the verdict's exit code.
     if json_out:
         print_json({"run_id": result.run_id, "replay_of": run_id, "platform_mismatch": bool(result.forced),
-                    "notes": result.notes, "verdict": result.verdict.to_dict()})
+                    "notes": result.notes, "verdict": result.verdict.to_dict()}
+                   | ({"mlflow": export_after_replay(store, result, tracker)} if tracker else {}))
     else:
         for note in result.notes:
             err_console.print(f"note: {note}", highlight=False)
         out_console.print(render_verdict(result.verdict, run_id, result.run_id), highlight=False)
+        if tracker:
+            export_after_replay(store, result, tracker)
     raise typer.Exit(result.exit_code)
 
 

@@ -9,7 +9,8 @@ import typer
 
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json
-from envkit.cli._options import choice
+from envkit.cli._options import choice, optional_value_command
+from envkit.cli.mlflow import MLFLOW_OPTION_HELP
 from envkit.settings import (
     CPU_PROFILES,
     DEFAULT_DETERMINISM,
@@ -18,6 +19,7 @@ from envkit.settings import (
     DETERMINISM_LEVELS,
     NETWORK_MODES,
 )
+from envkit.tracking.config import looks_like_tracking_uri
 
 SEED_MAX = 2**32 - 1
 
@@ -37,7 +39,8 @@ def _trace(value: str) -> str:
         raise typer.BadParameter(str(exc)) from None
 
 
-@app.command("run", context_settings={"allow_interspersed_args": False})
+@app.command("run", context_settings={"allow_interspersed_args": False},
+             cls=optional_value_command({"--mlflow": looks_like_tracking_uri}))
 def run_cmd(
     script: str = typer.Argument(..., help="The Python script to run, relative to the project folder."),
     args: list[str] = typer.Argument(None, help="Arguments passed to the script."),
@@ -63,6 +66,7 @@ def run_cmd(
                                                        "the record."),
     memory: str = typer.Option(None, "--memory", help="Memory limit, e.g. 4g; a job killed for memory is marked oom."),
     json_out: bool = typer.Option(False, "--json", help="Print a record summary as JSON at the end."),
+    mlflow: str = typer.Option(None, "--mlflow", metavar="[URI]", help=MLFLOW_OPTION_HELP),
 ) -> None:
     """Run SCRIPT in the lock's image with every generator seeded; record the run; print its id last.
 
@@ -70,6 +74,7 @@ def run_cmd(
     mounted as the job's writable working copy; files the job creates or changes there are its outputs. The exit
     code is the job's.
     """
+    from envkit.cli.mlflow import export_after_run, mlflow_settings
     from envkit.engine import connect
     from envkit.run.executor import Sink
     from envkit.run.runner import RunRequest, run
@@ -82,16 +87,20 @@ def run_cmd(
         env=_parse_env(env or []), memory=memory, project=Path.cwd(),
         command=["envkit", *sys.argv[1:]] if sys.argv and "envkit" in Path(sys.argv[0]).name else [],
     )
+    tracker = mlflow_settings(mlflow)  # a bad --mlflow is refused before the job, not after it
     store = FileStore(store_dir(request.project))
     record = run(connect(), store, request, sink=Sink(None, None) if json_out else None,
                  on_started=None if json_out else (lambda rid: err_console.print(f"run {rid} started",
                                                                                     highlight=False)),
                  on_warning=lambda line: err_console.print(f"warning: {line}", highlight=False))
+    # The export comes after the record's final write; its trouble is a warning, never the exit code.
     if json_out:
-        print_json(summary(record))
+        print_json(summary(record) | ({"mlflow": export_after_run(store, record, tracker)} if tracker else {}))
     else:
         err_console.print(f"run {record.run_id}: {record.status}, exit {record.exit_code}, "
                           f"{len(record.outputs)} outputs, {record.timings.run_s:.1f} s", highlight=False)
+        if tracker:
+            export_after_run(store, record, tracker)
         typer.echo(record.run_id)
     code = 130 if record.status == "interrupted" else (record.exit_code or 0)
     raise typer.Exit(code)

@@ -53,6 +53,7 @@ from envkit.store.layout import (
     output_location,
 )
 from envkit.store.record import RunRecord
+from envkit.store.verify import check_run_files
 
 if TYPE_CHECKING:
     from envkit.engine import Engine
@@ -386,23 +387,12 @@ def _read_record(path: Path, run_id: str) -> RunRecord:
 
 
 def _check_record_files(run: Path, record: RunRecord) -> None:
-    """Code and outputs must hash to what the record says, not only to what the bundle's manifest says."""
-    for entry in record.code.files:
-        if not is_safe_relpath(entry.path):
-            raise BundleError(f"the bundle's record names an unsafe code path {entry.path!r}", hint=_REFUSE)
-        path = run / CODE_DIR / entry.path
-        if entry.link is None and (path.is_symlink() or not path.is_file() or sha256_file(path) != entry.sha256):
-            raise BundleError(f"code file {entry.path} in the bundle does not match the run record",
-                              hint="get an intact copy of the bundle")
-    for entry in record.outputs:
-        try:
-            rel, folder = output_location(entry.path)
-        except ValueError as exc:
-            raise BundleError(f"the bundle's record names an unsafe output path ({exc})", hint=_REFUSE) from exc
-        path = run / folder / rel
-        if entry.link is None and (path.is_symlink() or not path.is_file() or sha256_file(path) != entry.sha256):
-            raise BundleError(f"output {entry.path} in the bundle does not match the run record",
-                              hint="get an intact copy of the bundle")
+    """Code, git diff and outputs must hash to what the record says, not only to what the bundle's manifest says, and
+    nothing may sit among them that the record does not list (the check a pulled run gets, too)."""
+    absent = check_run_files(run, record, where=" in the bundle", hint="get an intact copy of the bundle")
+    if absent:
+        raise BundleError(f"output {absent[0]} is missing from the bundle, whose record lists it",
+                          hint="get an intact copy of the bundle")
 
 
 # --- the image ---------------------------------------------------------------------------------------------------------

@@ -10,22 +10,33 @@ Run ids are validated by a regular expression before they touch a path. A record
 its run folder, fsynced and renamed over ``record.json``, so a reader sees the old record or the new one, never half.
 
 Listing 10,000 runs must take well under half a second, and opening 10,000 records does not. So every write appends
-a one-line summary to ``index.jsonl`` (one ``write`` call on an ``O_APPEND`` file, which concurrent writers cannot
-interleave), keyed by the record file's inode, size and mtime. A listing stats each ``record.json`` and uses the
+a one-line summary to ``index.jsonl`` (one ``write`` call on an ``O_APPEND`` file, which concurrent writers on one
+host cannot interleave; on a filesystem shared by several hosts, NFS among them, ``O_APPEND`` is not atomic between
+hosts, so appends and compactions also hold a POSIX lock on ``index.lock``), keyed by the record file's inode, size
+and mtime. A listing stats each ``record.json`` and uses the
 summary when the key matches; a record whose key does not match (a crash between rename and append, a record written
 by hand, a lost or damaged index) is read in full and its summary appended again. The index is only ever a cache.
 Its lines are ``1<TAB>run id<TAB>ino:size:mtime_ns<TAB>summary JSON``: the summary is kept as text, so `envkit runs
 --json` prints it without parsing and re-encoding 10,000 objects.
+
+Several hosts may share one store (``ENVKIT_HOME`` on NFS, as on a cluster): run ids are reserved with an exclusive
+``mkdir``, which the server decides for all clients; records are replaced by ``rename``, atomic on the server; the
+index is locked as above, and stays a cache (a host that cannot lock, or a line lost anyway, costs a full read of
+that record once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
 import secrets
 import socket
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,9 +50,12 @@ from envkit.store.record import RUN_ID_RE, RunRecord
 
 RUNS = "runs"
 INDEX = "index.jsonl"
+INDEX_LOCK = "index.lock"
 PROBES = "probes"
 _INDEX_VERSION = "1"
 _PROBE_KEY_RE = re.compile(r"[0-9a-f]{16,64}")
+_CREATE_TRIES = 64  # a fresh random part each time: more than one clash in a row means something else is wrong
+_LOCK_WAIT_S = 2.0  # the index is a cache: past this, write without the lock rather than hold a run up
 
 
 def process_start(pid: int) -> int | None:
@@ -199,15 +213,17 @@ class FileStore:
         """A new run id with its folder created, unique even among concurrent processes."""
         try:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
-            while True:
+            for _ in range(_CREATE_TRIES):
                 run_id = new_run_id(now)
                 try:
-                    (self.runs_dir / run_id).mkdir()
+                    (self.runs_dir / run_id).mkdir()  # exclusive, also between the hosts of a shared filesystem
                     return run_id
                 except FileExistsError:
                     continue
         except OSError as exc:
             raise _write_error(exc, self.runs_dir, self.root) from exc
+        raise StoreError(f"cannot reserve a new run id in {self.runs_dir}: {_CREATE_TRIES} fresh ids were all taken",
+                         hint="the store's filesystem does not report folder creation faithfully; use another")
 
     def write(self, record: RunRecord) -> Path:
         """Write (or overwrite) a run's record atomically and return its path.
@@ -284,7 +300,7 @@ class FileStore:
             rows.append(summary.to_dict())
             fresh.append(_index_line(run_id, _key(st), texts[-1]))
         if limit is None and lines > 2 * len(ids) + 1000:
-            self._compact(ids, cached, fresh)
+            self._compact(ids, fresh)
         elif fresh:
             self._append_index(fresh)
         self._show_abandoned(texts, rows)
@@ -352,25 +368,57 @@ class FileStore:
 
     def _append_index(self, lines: list[bytes]) -> None:
         # Best effort: a failed append only costs the next listing a full read of these records.
-        try:
-            fd = os.open(self.index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        with self._index_locked():
             try:
-                os.write(fd, b"".join(lines))
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
+                fd = os.open(self.index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, b"".join(lines))
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
 
-    def _compact(self, ids: list[str], cached: dict[str, tuple[str, str, dict[str, Any]]],
-                 fresh: list[bytes]) -> None:
-        """Rewrite an index grown long with superseded lines. A line appended meanwhile by another writer may be
-        lost; its run is then read in full once."""
-        fresh_ids = {line.split(b"\t", 2)[1].decode() for line in fresh}
-        kept = [_index_line(i, *cached[i][:2]) for i in ids if i in cached and i not in fresh_ids]
+    def _compact(self, ids: list[str], fresh: list[bytes]) -> None:
+        """Rewrite an index grown long with superseded lines: the last line of each run that still has a folder.
+
+        The index is read again under the lock, so that lines other writers appended since the listing began stay.
+        """
+        listed = set(ids)
+        with self._index_locked():
+            cached, _ = self._read_index()
+            fresh_ids = {line.split(b"\t", 2)[1].decode() for line in fresh}
+            kept = [_index_line(i, *entry[:2]) for i, entry in sorted(cached.items())
+                    if i not in fresh_ids and (i in listed or (self.runs_dir / i).is_dir())]
+            try:
+                atomic_write(self.index_path, b"".join(kept + fresh), durable=False)
+            except OSError:
+                pass
+
+    @contextlib.contextmanager
+    def _index_locked(self) -> Iterator[None]:
+        """Hold the index's lock (a POSIX lock on index.lock, which NFS passes to the server) for a moment.
+
+        Waits at most :data:`_LOCK_WAIT_S`; a filesystem without locks, or a lock held too long (a host that died
+        holding it, before the server noticed), lets the write go ahead unlocked: the index is only a cache.
+        """
         try:
-            atomic_write(self.index_path, b"".join(kept + fresh), durable=False)
+            fd = os.open(self.root / INDEX_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:
-            pass
+            yield
+            return
+        try:
+            deadline = time.monotonic() + _LOCK_WAIT_S
+            for _ in range(10_000):
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.002)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
 
 def _loads_or_none(text: str) -> Any:
