@@ -132,17 +132,18 @@ def _pin_runs(store: FileStore, a_id: str, b_id: str) -> dict[tuple[str, str], R
 # --- 1. the exact step -------------------------------------------------------------------------------------------
 def pin_step(pair: _Pair, divergence: Divergence) -> PinnedStep | None:
     """Rerun both jobs recording every step of the divergence's bracket, and judge where they part; None when the
-    reruns are neither in the store nor to be made."""
+    reruns are neither in the store nor to be made.
+
+    Raises:
+        EnvkitError: a rerun could not run (its image, an input) or did not succeed (JobError).
+    """
     first, last = divergence.bracket
     trace = str(TraceSpec(interval="off", window=(first, last)))
     runs = pair.runs(trace, trace, f"pinning the step between {first} and {last}")
     if runs is None:
         return None
     ra, rb = runs
-    ids = [ra.run_id, rb.run_id]
-    if ra.status != "succeeded" or rb.status != "succeeded":
-        return PinnedStep(FAILED, first, last, ids, note=f"a rerun ended {ra.status if ra.status != 'succeeded' else rb.status}")
-    return judge_pin(pair.folder(ra), pair.folder(rb), first, last, ids)
+    return judge_pin(pair.folder(ra), pair.folder(rb), first, last, [ra.run_id, rb.run_id])
 
 
 # --- 2. and 3. the first op --------------------------------------------------------------------------------------
@@ -263,7 +264,7 @@ def replay_pinner(engine: Engine, store: FileStore, progress: Progress | None = 
         div = verdict.divergence
         if not div or div.get("step") is None or "error" in div:
             return
-        d = Divergence(**{k: div[k] for k in Divergence.__dataclass_fields__ if k in div})
+        d = Divergence.from_dict(div)
         if not d.pinnable:
             return
         first, last = d.bracket

@@ -77,6 +77,11 @@ class Divergence:
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "at_initialisation": self.at_initialisation}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Divergence:
+        """Back from :meth:`to_dict` (or replay's verdict, which adds keys of its own)."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
 
 @dataclass(frozen=True)
 class TraceComparison:
@@ -336,14 +341,6 @@ class PinnedStep:
         data = dataclasses.asdict(self)
         data["divergence"] = self.divergence.to_dict() if self.divergence else None
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PinnedStep:
-        d = data.get("divergence")
-        fields_ = {f.name for f in dataclasses.fields(Divergence)}
-        divergence = Divergence(**{k: v for k, v in d.items() if k in fields_}) if d else None
-        return cls(data["outcome"], int(data["first"]), int(data["last"]), list(data["runs"]), data.get("step"),
-                   divergence, data.get("note"))
 
 
 def judge_pin(run_a: Path, run_b: Path, first: int, last: int, runs: list[str]) -> PinnedStep:

@@ -166,7 +166,7 @@ def pinned_step(store: FileStore, script: str, limit: int = 200) -> int | None:
     for record in records:  # newest first
         divergence = (record.verdict or {}).get("divergence") or {}
         if divergence.get("step") is not None and "error" not in divergence:
-            d = Divergence(**{k: divergence[k] for k in Divergence.__dataclass_fields__ if k in divergence})
+            d = Divergence.from_dict(divergence)
             if d.op_step is not None:
                 return d.op_step
         window = parse_recorded(record.trace).window if record.pin_for else None
