@@ -74,7 +74,7 @@ class ProjectConfigError(EnvkitError):
     """The project's configuration ([tool.envkit] in pyproject.toml, or envkit.toml) is malformed."""
 
     exit_code = 17
-    default_hint = "see README.md, 'Project configuration'"
+    default_hint = "see docs/realjobs.md, 'Project configuration'"
 
 
 class ProjectEnvironmentError(EnvkitError):
@@ -155,6 +155,13 @@ class InvalidRunIdError(EnvkitError):
     )
 
 
+class AmbiguousRunIdError(EnvkitError):
+    """A run id prefix matches more than one run (the message lists them)."""
+
+    exit_code = 36
+    default_hint = "give more of the run id (`envkit runs` lists them)"
+
+
 class StoreError(EnvkitError):
     """The run store cannot be written (disk full, permissions) or a record is corrupt."""
 
@@ -200,6 +207,13 @@ class MountError(EnvkitError):
     exit_code = 43
 
 
+class UpstreamError(EnvkitError):
+    """An ``--input RUN:PATH`` cannot be used: the run did not succeed, PATH is not one of its outputs, or the run
+    is not in this store."""
+
+    exit_code = 44
+
+
 class BundleError(EnvkitError):
     """An exported bundle is malformed or unsafe (path traversal, links, bad hashes)."""
 
@@ -228,6 +242,14 @@ class TrackerError(EnvkitError):
 EXIT_IDENTICAL = 0
 EXIT_DIVERGED = 3
 EXIT_FAILED = 4
+EXIT_UNVERIFIED = 5  # the run left nothing to compare (no output file, no stdout line): never called IDENTICAL
+
+# `envkit run` exits with the job's own code, so its own failures use the codes `docker run` keeps for itself: 125
+# envkit failed (the error's own code above is on the error line and in --json), 126 the command cannot be invoked,
+# 127 the command is not in the image. See docs/realjobs.md, "Exit codes".
+EXIT_RUN_FAILED = 125
+EXIT_CANNOT_INVOKE = 126
+EXIT_COMMAND_NOT_FOUND = 127
 
 
 def all_error_classes() -> list[type[EnvkitError]]:

@@ -32,7 +32,7 @@ from typing import Any
 from envkit.engine import Engine
 from envkit.errors import EnvkitError, JobError, StoreError
 from envkit.optdiff import OpComparison, OpFinding, compare_optraces, optrace_files, read_optrace
-from envkit.replay import Verdict, acquire_image, host_differences, replay_job
+from envkit.replay import Verdict, acquire_image, host_differences, replay_job, replay_upstream
 from envkit.run.executor import Sink, execute
 from envkit.run.mounts import replay_mounts
 from envkit.run.tracing import TraceSpec
@@ -100,11 +100,15 @@ class _Pair:
         if self.now is None:
             self.now = host_fingerprint(self.engine)
         layout = self.store.layout(record.run_id)
+        # The inputs as the run's own replay takes them (an imported run's inputs cannot be found here: MountError;
+        # an input taken from an earlier run's output must still hash as recorded).
+        overrides: dict[str, Path] = {}
+        upstream = replay_upstream(self.store, record, {}, overrides)
+        mounts = replay_mounts(record.mounts, overrides, imported=is_imported(layout))
         image_id, notes = acquire_image(self.engine, record, layout, rebuild=False)
         mismatch = any(d.changes_numerics for d in host_differences(record, self.now))
-        # The inputs as the run's own replay takes them (an imported run's inputs cannot be found here: MountError).
-        mounts = replay_mounts(record.mounts, {}, imported=is_imported(layout))
         job = replay_job(record, layout, image_id, mismatch, mounts)
+        job.upstream = upstream
         job.trace, job.pin_for = trace, [self.a.run_id, self.b.run_id]
         job.notes = [*notes, f"a pin run of {self.a.run_id} and {self.b.run_id}: the job of {record.run_id} again, "
                              f"--trace {trace}"]

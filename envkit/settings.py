@@ -69,6 +69,9 @@ CONTAINER_TOOLS = "/envkit/tools"  # helper scripts (probe, tensor diff) mounted
 JOB_UID = 65532
 PIDS_LIMIT = 16384
 NETWORK_MODES = ("none", "bridge")
+# The job's hostname, the same on every run (Docker's default is the random container id, which a job may print or
+# hash), and resolvable: torchrun --standalone and gloo look it up, and with no network nothing else names it.
+JOB_HOSTNAME = "envkit-job"
 
 # Labels: on every envkit image, on base images envkit makes, and on the containers of runs.
 LABEL_LOCK_SHA = "io.envkit.lock.sha256"

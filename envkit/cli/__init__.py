@@ -20,7 +20,7 @@ app = typer.Typer(
     name="envkit",
     help="Reproducible ML environments: lock, build, run with seeds, replay bit for bit.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish and PowerShell
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )

@@ -62,3 +62,15 @@ def fill_optional_values(command: Command, ctx: Context, args: list[str],
         elif not word.startswith("-") and not ctx.allow_interspersed_args:
             return out + args[i:]
     return out
+
+
+def complete_run_id(incomplete: str) -> list[str]:
+    """Shell completion of a run id: ``last`` and the stored runs starting with what was typed (newest first)."""
+    from envkit.settings import store_dir
+    from envkit.store.filestore import FileStore
+
+    try:
+        ids = sorted(FileStore(store_dir()).run_ids(), reverse=True)
+    except Exception:  # noqa: BLE001 - completion must never print an error into the user's shell
+        return []
+    return [i for i in ["last", *ids] if i.startswith(incomplete)][:200]

@@ -8,11 +8,13 @@ import typer
 
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json
+from envkit.cli._options import complete_run_id
 
 
 @app.command("export")
 def export_cmd(
-    run_id: str = typer.Argument(..., help="The run to export."),
+    run_id: str = typer.Argument(..., help="The run to export: an id, a unique prefix, or last.",
+                                 autocompletion=complete_run_id),
     output: Path = typer.Option(..., "-o", "--output", help="The bundle to write (e.g. run.tar.gz)."),
     with_image: bool = typer.Option(False, "--with-image", help="Include the image (docker save): no registry needed."),
     json_out: bool = typer.Option(False, "--json", help="Print the bundle's manifest as JSON."),
@@ -27,7 +29,9 @@ def export_cmd(
         from envkit.engine import connect
 
         engine = connect()
-    manifest = export_run(FileStore(store_dir()), run_id, output, engine=engine, with_image=with_image)
+    store = FileStore(store_dir())
+    run_id = store.resolve(run_id)
+    manifest = export_run(store, run_id, output, engine=engine, with_image=with_image)
     if json_out:
         print_json({"bundle": str(output), **manifest})
         return

@@ -6,12 +6,15 @@ import typer
 
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json
+from envkit.cli._options import complete_run_id
 
 
 @app.command("diff")
 def diff_cmd(
-    run_a: str = typer.Argument(..., metavar="RUN_A", help="A run id from `envkit runs`."),
-    run_b: str = typer.Argument(..., metavar="RUN_B", help="Another run id, e.g. a replay of RUN_A."),
+    run_a: str = typer.Argument(..., metavar="RUN_A", help="A run id from `envkit runs`, a unique prefix, or last.",
+                               autocompletion=complete_run_id),
+    run_b: str = typer.Argument(..., metavar="RUN_B", help="Another run id, e.g. a replay of RUN_A.",
+                               autocompletion=complete_run_id),
     pin: bool = typer.Option(False, "--pin", help="Rerun both jobs, tracing more each time, to name the exact step "
                                                   "and the first op that differs, with its element counts."),
     show_all: bool = typer.Option(False, "--all", help="Also list differences that do not change numerics."),
@@ -37,7 +40,7 @@ def diff_cmd(
     from envkit.store.filestore import FileStore
 
     store = FileStore(store_dir())
-    a, b = store.read(run_a), store.read(run_b)
+    a, b = store.read(store.resolve(run_a)), store.read(store.resolve(run_b))
     engine = None
     if pin:
         from envkit.engine import connect

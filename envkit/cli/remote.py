@@ -8,6 +8,7 @@ import typer
 
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json
+from envkit.cli._options import complete_run_id
 
 MIB = 2**20
 DEFAULT_MAX_OUTPUT_MB = 100
@@ -15,7 +16,8 @@ DEFAULT_MAX_OUTPUT_MB = 100
 
 @app.command("push")
 def push_cmd(
-    run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run to push (see `envkit runs`)."),
+    run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run to push: an id, a unique prefix, or last.",
+                                 autocompletion=complete_run_id),
     registry_repo: str = typer.Argument(..., metavar="REGISTRY/REPO", help="Where to, e.g. 127.0.0.1:5000/team/runs."),
     max_output_mb: int = typer.Option(DEFAULT_MAX_OUTPUT_MB, "--max-output-mb", min=0,
                                       help="Outputs larger than this (MiB) stay behind, listed as not carried."),
@@ -34,6 +36,7 @@ def push_cmd(
     from envkit.store.filestore import FileStore
 
     store = FileStore(store_dir())
+    run_id = store.resolve(run_id)  # an id, a unique prefix or `last`
     store.read(run_id)  # an unknown run is reported before the engine or the registry is asked anything
     show = not json_out and err_console.is_terminal
     with contextlib.ExitStack() as stack:

@@ -10,6 +10,7 @@ import typer
 
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json, printable
+from envkit.cli._options import complete_run_id
 
 if TYPE_CHECKING:
     from envkit.store.layout import RunLayout
@@ -51,7 +52,8 @@ def runs_cmd(
 
 @app.command("show")
 def show_cmd(
-    run_id: str = typer.Argument(..., metavar="RUN_ID", help="A run id from `envkit runs`."),
+    run_id: str = typer.Argument(..., metavar="RUN_ID", help="A run id from `envkit runs`, a unique prefix, or last.",
+                                 autocompletion=complete_run_id),
     json_out: bool = typer.Option(False, "--json", help="Print the whole record as JSON."),
 ) -> None:
     """Show one run: command, seed, image, code, inputs, outputs, logs, timings and host."""
@@ -59,7 +61,7 @@ def show_cmd(
     from envkit.store.filestore import FileStore
 
     store = FileStore(store_dir())
-    record = store.read(run_id)
+    record = store.read(store.resolve(run_id))
     if json_out:
         print_json(record.to_dict())
     else:
@@ -94,7 +96,12 @@ def render_record(record: RunRecord, layout: RunLayout) -> str:
             lines.append(f"  {name:<13}{printable(value)}")
 
     row("command", " ".join(record.command))
-    row("script", " ".join([record.script or "", *record.args]).strip())
+    if record.script:
+        row("script", " ".join([record.script, *record.args]).strip())
+    row("job", " ".join(record.job_argv) if record.argv else None)
+    if record.processes:
+        row("processes", f"{record.processes} seeded Python process{'es' if record.processes != 1 else ''}, "
+                         f"world size {record.world_size or 1}")
     row("seed", record.seed)
     row("determinism", f"{record.determinism}, {record.threads} thread(s), cpu profile {record.cpu_profile}")
     row("created", record.created)
@@ -114,6 +121,10 @@ def render_record(record: RunRecord, layout: RunLayout) -> str:
             git = f", git {code.git_commit[:12]}" + (" with uncommitted changes" if code.git_dirty else "")
         row("code", f"{len(code.files)} files, sha256 {code.sha256[:12]}{git}")
     row("inputs", _files(record.inputs))
+    row("upstream", ", ".join(dict.fromkeys(link.run_id for link in record.upstream)))
+    for link in record.upstream:
+        lines.append(f"    {printable(link.path)} of run {printable(link.run_id)} at {printable(link.target)} "
+                     f"({size(link.size)}, {printable(link.sha256[:12])})")
     row("outputs", _files(record.outputs))
     for entry in record.outputs[:20]:
         lines.append(f"    {printable(entry.path)} ({size(entry.size)}, {printable(entry.sha256[:12])})")

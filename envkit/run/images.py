@@ -46,7 +46,9 @@ def resolve_image(engine: Engine, project: Path, lock_path: Path | None, image: 
 
         lock = load_lockfile(lock_path)
         t0 = time.monotonic()
-        result = build_image(engine, lock, cpu_profile=cpu_profile, progress=progress)
+        # On a cache miss the build takes minutes: each Dockerfile step shows as a stage of its own.
+        on_step = (lambda step: progress(f"building the image: {step}", 0)) if progress else None
+        result = build_image(engine, lock, cpu_profile=cpu_profile, progress=progress, on_step=on_step)
         return ResolvedImage(result.image_id, result.tag, list(engine.image(result.image_id).repo_digests),
                              LockInfo(path=str(lock_path), sha256=lock.content_sha256, name=lock.name),
                              round(time.monotonic() - t0, 3), cpu_profile, lock_path.read_text(encoding="utf-8"))

@@ -14,6 +14,7 @@ from envkit.engine import Engine
 from envkit.errors import CpuProfileError, JobError, ScriptNotFoundError
 from envkit.run.executor import JobSpec, Sink, execute
 from envkit.run.images import resolve_image
+from envkit.run.inputs import Progress, resolve_input
 from envkit.run.mounts import parse_mount
 from envkit.run.tracing import resolve_ops_step
 from envkit.settings import DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE, NETWORK_MODES
@@ -41,25 +42,35 @@ class RunRequest:
     memory: str | None = None
     project: Path = field(default_factory=Path.cwd)
     command: list[str] = field(default_factory=list)  # the envkit command line as typed, for the record
+    argv: list[str] | None = None  # `-- COMMAND ARGS`: any command on the image's PATH instead of `python SCRIPT`
+    inputs: list[str] = field(default_factory=list)  # RUN:PATH[:DEST], earlier runs' outputs (envkit.run.inputs)
+    ignore: list[str] = field(default_factory=list)  # gitignore patterns left out of the snapshot
 
 
 def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None = None,
         on_started: Callable[[str], None] | None = None,
-        on_warning: Callable[[str], None] | None = None) -> RunRecord:
-    """Run a script in its image, seeded and recorded; the final record.
+        on_warning: Callable[[str], None] | None = None, progress: Progress | None = None) -> RunRecord:
+    """Run a script (or, given ``argv``, any command) in its image, seeded and recorded; the final record.
+
+    ``progress(label, total_bytes) -> advance`` is told about the steps that can take a while (the implicit build,
+    inputs, snapshot, outputs).
 
     Raises:
         ScriptNotFoundError, JobError (bad mount, container refused), LockfileError, ImageNotFoundError,
-        CpuProfileError (a profile other than the image's), and what building the image raises.
+        CpuProfileError (a profile other than the image's), UpstreamError and InputChangedError (an --input), and
+        what building the image raises.
     """
     project = Path(request.project)
     if request.network not in NETWORK_MODES:
         raise JobError(f"network {request.network!r} is not one of {', '.join(NETWORK_MODES)}",
                        hint="none keeps the job hermetic; bridge gives it the network")
-    script = check_script(project, request.script)
+    if request.argv is not None and not request.argv:
+        raise ScriptNotFoundError("no command after --", hint="e.g. envkit run -- python -m pkg.train")
+    script = check_script(project, request.script) if request.argv is None else ""
     mounts = [parse_mount(m) for m in request.mounts]
+    upstream = [resolve_input(store, text, progress) for text in request.inputs]
     resolved = resolve_image(engine, project, request.lock, request.image,
-                             request.cpu_profile or DEFAULT_CPU_PROFILE)
+                             request.cpu_profile or DEFAULT_CPU_PROFILE, progress=progress)
     # An --image already carries its profile's ENV; a different one for the run would be recorded but not in effect.
     cpu_profile = request.cpu_profile or resolved.cpu_profile or DEFAULT_CPU_PROFILE
     if resolved.cpu_profile and resolved.cpu_profile != cpu_profile:
@@ -72,9 +83,10 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
         cpu_profile=cpu_profile, gpus=request.gpus, mounts=mounts, network=request.network,
         trace=resolve_ops_step(request.trace, store, script),
         lock=resolved.lock, command=list(request.command), build_s=resolved.build_s, lock_text=resolved.lock_text,
-        extra_env=dict(request.env), memory=request.memory,
+        extra_env=dict(request.env), memory=request.memory, argv=list(request.argv) if request.argv else None,
+        upstream=upstream, ignore=list(request.ignore),
     )
-    return execute(engine, store, job, sink=sink, on_started=on_started, on_warning=on_warning)
+    return execute(engine, store, job, sink=sink, on_started=on_started, on_warning=on_warning, progress=progress)
 
 
 def check_script(project: Path, script: str) -> str:

@@ -113,7 +113,7 @@ class ProjectListing:
                 f"such as !{items[0]} to {ENVKITIGNORE})")
 
 
-def list_project(root: Path, exclude_dirs: Iterable[Path] = ()) -> ProjectListing:
+def list_project(root: Path, exclude_dirs: Iterable[Path] = (), ignore: Iterable[str] = ()) -> ProjectListing:
     """The files of a project that go into its snapshot, as sorted ``/``-separated paths relative to ``root``.
 
     In a git work tree the list is ``git ls-files -co --exclude-standard`` (tracked plus untracked-not-ignored);
@@ -123,6 +123,8 @@ def list_project(root: Path, exclude_dirs: Iterable[Path] = ()) -> ProjectListin
     Args:
         root: the project folder.
         exclude_dirs: more folders to leave out (the run store when ``ENVKIT_HOME`` points inside the project).
+        ignore: more gitignore patterns, relative to the root (the project configuration's ``ignore``); applied
+            before ``.envkitignore``, whose negations can take a file back.
 
     Returns:
         The listing; ``withheld`` holds the files left out only because they look like credentials, and
@@ -131,7 +133,8 @@ def list_project(root: Path, exclude_dirs: Iterable[Path] = ()) -> ProjectListin
     root = Path(root)
     listed = _git_list(root)
     files = listed if listed is not None else _walk(root, "", _gitignore(root, ""))
-    always, user = IgnoreRules.parse("\n".join(ALWAYS_EXCLUDED)), _read_rules(root / ENVKITIGNORE)
+    always = IgnoreRules.parse("\n".join(ALWAYS_EXCLUDED))
+    user = IgnoreRules.parse("\n".join(ignore)) + _read_rules(root / ENVKITIGNORE)
     rules = always + IgnoreRules.parse("\n".join(CREDENTIAL_PATTERNS)) + user
     without_credentials = always + user
     skip = []

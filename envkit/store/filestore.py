@@ -43,7 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from envkit.atomic import atomic_write
-from envkit.errors import EnvkitError, InvalidRunIdError, RunNotFoundError, StoreError
+from envkit.errors import (
+    AmbiguousRunIdError,
+    EnvkitError,
+    InvalidRunIdError,
+    RunNotFoundError,
+    StoreError,
+)
 from envkit.settings import ENV_HOME
 from envkit.store.layout import RECORD, RunLayout
 from envkit.store.record import RUN_ID_RE, RunRecord
@@ -54,6 +60,9 @@ INDEX_LOCK = "index.lock"
 PROBES = "probes"
 _INDEX_VERSION = "1"
 _PROBE_KEY_RE = re.compile(r"[0-9a-f]{16,64}")
+LAST = "last"  # the newest run, wherever a run id is taken
+_PREFIX_RE = re.compile(r"[0-9TZa-f-]{1,28}")  # only characters a run id has: nothing else may reach a path
+_HEX_RE = re.compile(r"[0-9a-f]{4,8}")  # the random part alone (as `docker ps` shows a short id)
 _CREATE_TRIES = 64  # a fresh random part each time: more than one clash in a row means something else is wrong
 _LOCK_WAIT_S = 2.0  # the index is a cache: past this, write without the lock rather than hold a run up
 
@@ -124,7 +133,8 @@ class RunSummary:
     def from_record(cls, record: RunRecord) -> RunSummary:
         t = record.timings
         return cls(run_id=record.run_id, created=record.created, status=record.status, seed=record.seed,
-                   determinism=record.determinism, script=record.script, exit_code=record.exit_code,
+                   determinism=record.determinism, exit_code=record.exit_code,
+                   script=record.script if record.script or not record.argv else " ".join(record.argv)[:120],
                    duration_s=t.total_s if t.total_s is not None else t.run_s, image_id=record.image.id,
                    replay_of=record.replay_of)
 
@@ -188,6 +198,43 @@ class FileStore:
     def layout(self, run_id: str) -> RunLayout:
         """Every path of a run's folder (nothing is created). Raises InvalidRunIdError for a malformed id."""
         return RunLayout(self.run_dir(run_id))
+
+    def resolve(self, ref: str) -> str:
+        """The run id that ``ref`` names: a full id, ``last`` (the newest run, replays included), a unique prefix
+        of an id (``20261123T2009``), or a unique prefix of at least 4 of the 8 hex digits after the dash.
+
+        Raises:
+            InvalidRunIdError: ``ref`` has characters no run id has (checked before it touches a path).
+            RunNotFoundError: nothing matches. AmbiguousRunIdError: several runs match (all are named, up to 6).
+        """
+        if isinstance(ref, str) and RUN_ID_RE.fullmatch(ref):
+            return ref
+        if ref == LAST:
+            ids = sorted(self.run_ids(), reverse=True)
+            newest = next((i for i in ids if (self.runs_dir / i / RECORD).is_file()), None)
+            if newest is None:
+                raise RunNotFoundError(f"no runs in {self.root} yet, so no last run")
+            return newest
+        if not isinstance(ref, str) or not _PREFIX_RE.fullmatch(ref):
+            validate_run_id(ref)  # raises InvalidRunIdError quoting it
+        hex_part = bool(_HEX_RE.fullmatch(ref))
+        found = sorted((i for i in self.run_ids() if i.startswith(ref) or (hex_part and i[20:].startswith(ref))),
+                       reverse=True)  # newest first
+        if not found:
+            raise RunNotFoundError(f"no run matches {ref!r} in {self.root}")
+        if len(found) > 1:
+            shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+            raise AmbiguousRunIdError(f"run id {ref!r} matches {len(found)} runs: {shown}")
+        return found[0]
+
+    def run_ids(self) -> list[str]:
+        """The ids of the run folders, unsorted (cheap: one directory listing)."""
+        try:
+            return [n for n in os.listdir(self.runs_dir) if RUN_ID_RE.fullmatch(n)]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreError(f"cannot list {self.runs_dir}: {exc.strerror}") from exc
 
     def read_probe(self, key: str) -> dict[str, Any] | None:
         """A cached in-container probe result, or None (missing or unreadable: probe again)."""

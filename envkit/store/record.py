@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from envkit.errors import StoreError, shown
-from envkit.manifest import ManifestEntry
+from envkit.manifest import ManifestEntry, is_safe_relpath
 from envkit.settings import CPU_PROFILES, DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DETERMINISM_LEVELS
-from envkit.store.layout import STDERR_LOG, STDOUT_LOG
+from envkit.store.layout import OUTPUT_PREFIX, STDERR_LOG, STDOUT_LOG
 from envkit.store.redact import (  # noqa: F401 - REDACTED and redact_environment: re-exported for callers
     REDACTED,
     redact_argv,
@@ -94,6 +94,17 @@ class Fingerprint:
 
 
 @dataclass
+class Upstream:
+    """An input taken from an earlier run's output (``envkit run --input RUN:PATH[:DEST]``): the lineage link."""
+
+    run_id: str  # the run that wrote it
+    path: str  # its output path in that run (a file, or a folder of outputs)
+    target: str  # where this run's job saw it (read-only)
+    sha256: str  # the file's sha256, or the manifest hash of the folder's files
+    size: int = 0
+
+
+@dataclass
 class RunRecord:
     """Everything known about one run. ``environment``, ``command`` and ``args`` are redacted on construction
     (:mod:`envkit.store.redact`), with a note saying what was, so no secret reaches disk."""
@@ -133,13 +144,19 @@ class RunRecord:
     user: str | None = None  # uid:gid the job ran as
     host_pid: int | None = None  # the envkit process that ran it, and that process's start time (clock ticks):
     host_pid_start: int | None = None  # a `running` record whose process is gone was abandoned
+    argv: list[str] = field(default_factory=list)  # the job's command in the container (`python SCRIPT ARGS` or
+    #                                                 the COMMAND of `envkit run -- COMMAND`); empty in old records
+    world_size: int | None = None  # torch.distributed world size seen by the job's processes (1: not distributed)
+    processes: int | None = None  # Python processes the bootstrap seeded (one report each)
+    upstream: list[Upstream] = field(default_factory=list)  # inputs taken from earlier runs' outputs
     pin_for: list[str] = field(default_factory=list)  # a pin run: [A, B], the runs whose parting it reruns
 
     def __post_init__(self) -> None:
-        before, command, args = self.environment, self.command, self.args
+        before, command, args, argv = self.environment, self.command, self.args, self.argv
         self.environment = redact_environment(before)
-        self.command, self.args = redact_argv(command), redact_argv(args)
-        note = redaction_note(self.environment, before, self.command != command, self.args != args)
+        self.command, self.args, self.argv = redact_argv(command), redact_argv(args), redact_argv(argv)
+        note = redaction_note(self.environment, before, self.command != command,
+                              self.args != args or self.argv != argv)
         if note:  # redaction is idempotent: a record read again adds no second note
             self.notes = [*self.notes, note]
         self.validate()
@@ -157,6 +174,15 @@ class RunRecord:
             raise StoreError(f"record has a malformed run id {self.run_id!r}")
         if self.replay_of is not None and not RUN_ID_RE.fullmatch(self.replay_of):
             raise StoreError(f"record {self.run_id}: malformed replay_of {self.replay_of!r}")
+        for link in self.upstream:  # a record from elsewhere must not name a path outside a store through these
+            if not RUN_ID_RE.fullmatch(link.run_id) or not is_safe_relpath(link.path.removeprefix(OUTPUT_PREFIX)):
+                raise StoreError(f"record {self.run_id}: malformed upstream link {shown(link.run_id)} "
+                                 f"{shown(link.path)}")
+
+    @property
+    def job_argv(self) -> list[str]:
+        """The command the job ran in its container (records older than ``argv``: ``python SCRIPT ARGS``)."""
+        return list(self.argv) if self.argv else ["python", self.script or "", *self.args]
         if any(not isinstance(i, str) or not RUN_ID_RE.fullmatch(i) for i in self.pin_for):
             raise StoreError(f"record {self.run_id}: malformed pin_for {self.pin_for!r}")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from envkit.errors import JobError
+from envkit.errors import EXIT_COMMAND_NOT_FOUND, EXIT_RUN_FAILED
 
 from .conftest import BASE_TAG, envkit
 
@@ -45,18 +45,18 @@ def test_the_job_has_no_capabilities_and_cannot_make_devices(tmp_path, tiny_imag
 def test_host_network_is_refused(tmp_path, tiny_image):
     (tmp_path / "ok.py").write_text("print('ok')\n")
     r = envkit("run", "--seed", "1", "--image", tiny_image, "--network", "host", "ok.py", cwd=tmp_path)
-    assert r.returncode == 2 and "host" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == EXIT_RUN_FAILED and "host" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize(("args", "words"), [
-    (["--memory", "lots"], "memory"),  # the engine refuses the container
-    (["--image", BASE_TAG], "executable file not found"),  # no `python` in a bare base: refused at start
+@pytest.mark.parametrize(("args", "words", "code"), [
+    (["--memory", "lots"], "memory", EXIT_RUN_FAILED),  # the engine refuses the container
+    (["--image", BASE_TAG], "executable file not found", EXIT_COMMAND_NOT_FOUND),  # no `python` in a bare base
 ])
-def test_a_container_that_cannot_run_ends_its_record_as_failed(tmp_path, tiny_image, base_image, args, words):
+def test_a_container_that_cannot_run_ends_its_record_as_failed(tmp_path, tiny_image, base_image, args, words, code):
     (tmp_path / "ok.py").write_text("print('ok')\n")
     image_args = [] if "--image" in args else ["--image", tiny_image]
     r = envkit("run", "--seed", "1", *image_args, *args, "ok.py", cwd=tmp_path)
-    assert r.returncode == JobError.exit_code, r.stderr
+    assert r.returncode == code, r.stderr  # envkit's JobError, told apart from a job's own exit 34
     assert words in r.stderr.lower() and "Traceback" not in r.stderr
     [folder] = (tmp_path / ".envkit" / "runs").iterdir()
     record = json.loads((folder / "record.json").read_text())

@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from envkit.cli._options import optional_value_command
-from envkit.errors import ProjectConfigError, TrackerError
+from envkit.errors import EXIT_RUN_FAILED, ProjectConfigError, TrackerError
 from envkit.tracking.config import looks_like_tracking_uri, preflight, tracking
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,7 +86,8 @@ def test_run_and_replay_without_mlflow_never_import_it(project: Path) -> None:
 def test_a_bad_tracker_setting_is_refused_before_the_job(project: Path, args: list[str], env: dict[str, str],
                                                          words: str) -> None:
     out, seen = envkit(project, "run", "--seed", "1", "--image", "IMAGE", *args, "train.py", **env)
-    assert (seen["code"], seen["containers"]) == (60, 0), out.stderr
+    # `envkit run`'s own failures exit 125, as docker's do (the job's codes are the job's); TrackingError is 60.
+    assert (seen["code"], seen["containers"]) == (EXIT_RUN_FAILED, 0), out.stderr
     assert words in out.stderr and "hint:" in out.stderr
     assert runs_in(project) == []
 
@@ -94,7 +95,7 @@ def test_a_bad_tracker_setting_is_refused_before_the_job(project: Path, args: li
 def test_a_malformed_mlflow_setting_is_a_project_error(project: Path) -> None:
     (project / "envkit.toml").write_text('[mlflow]\ntracking_uri = "http://127.0.0.1:5000"\nexperimant = "x"\n')
     out, seen = envkit(project, "run", "--seed", "1", "--image", "IMAGE", "--mlflow", "train.py")
-    assert (seen["code"], seen["containers"]) == (17, 0), out.stderr
+    assert (seen["code"], seen["containers"]) == (EXIT_RUN_FAILED, 0), out.stderr  # ProjectConfigError (17) in run
     assert "error: envkit.toml: unknown key experimant in mlflow" in out.stderr
 
 
