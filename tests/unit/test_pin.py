@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from envkit.cli import main
-from envkit.errors import TraceError
+from envkit.errors import EXIT_RUN_FAILED, TraceError
 from envkit.pin import find, replay_pinner
 from envkit.replay import replay
 from envkit.run.executor import Sink
@@ -318,6 +318,6 @@ def test_the_job_gets_the_variables_of_each_trace():
 
 def test_a_bad_trace_option_is_one_line(project, monkeypatch, capsys):
     monkeypatch.chdir(project)
-    assert main(["run", "--seed", "1", "--trace", "ops:x", "train.py"]) == 2
+    assert main(["run", "--seed", "1", "--trace", "ops:x", "train.py"]) == EXIT_RUN_FAILED  # envkit's, not the job's
     err = capsys.readouterr().err
     assert "'ops:x' is not auto, off, a step interval N" in err and "Traceback" not in err
