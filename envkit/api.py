@@ -139,7 +139,7 @@ def run(script: str | None = None, *args: str, command: Sequence[str] | None = N
 
 def replay(run_id: str, force: bool = False, rebuild: bool = False, project: str | Path | None = None,
            echo: bool = False, ignore_lines: Sequence[str] = (), upstream: bool = False,
-           gpus: str | None = None) -> Replay:
+           gpus: str | None = None, pin: bool = True) -> Replay:
     """Replay a recorded run here (``run_id``: an id, a unique prefix or ``last``); ``.verdict`` says IDENTICAL,
     DIVERGED, FAILED or UNVERIFIED (nothing to compare), ``.details`` why.
 
@@ -149,9 +149,12 @@ def replay(run_id: str, force: bool = False, rebuild: bool = False, project: str
         upstream: replay the runs it took ``inputs`` from first, then this run on their replays' outputs; the
             result is this run's replay, or the first upstream replay that was not IDENTICAL.
         gpus: the GPUs to replay with instead of the recorded request (``all``, ``N``, ``device=0,2``).
+        pin: when a replay diverges between recorded steps more than one step apart, rerun both jobs with every
+            step between traced to name the exact step (``.details.divergence``).
     """
     from envkit.engine import connect
     from envkit.lineage import replay_chain
+    from envkit.pin import replay_pinner
     from envkit.replay import replay as replay_workflow
     from envkit.run.executor import Sink
     from envkit.stdoutcompare import configured_patterns
@@ -160,13 +163,15 @@ def replay(run_id: str, force: bool = False, rebuild: bool = False, project: str
     run_id = store.resolve(run_id)
     patterns = list(dict.fromkeys([*configured_patterns(_config(Path(project) if project else None)),
                                    *ignore_lines]))
+    engine = connect()
     options: dict[str, Any] = {"force": force, "rebuild": rebuild, "ignore_lines": patterns,
-                               "sink": None if echo else Sink(io.BytesIO(), io.BytesIO())}
+                               "sink": None if echo else Sink(io.BytesIO(), io.BytesIO()),
+                               "after_judge": replay_pinner(engine, store) if pin else None}
     if upstream:
-        chain = replay_chain(connect(), store, run_id, **options)
+        chain = replay_chain(engine, store, run_id, **options)
         stopped = next((r for r in chain.results if r.original.run_id == chain.stopped_at), None)
         return Replay.from_result(stopped or chain.results[-1])
-    return Replay.from_result(replay_workflow(connect(), store, run_id, gpus=gpus, **options))
+    return Replay.from_result(replay_workflow(engine, store, run_id, gpus=gpus, **options))
 
 
 def runs(project: str | Path | None = None, limit: int | None = None) -> list[RunSummary]:

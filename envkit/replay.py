@@ -108,7 +108,9 @@ def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False
            mount_overrides: dict[str, Path] | None = None, sink: Sink | None = None,
            on_forced: Callable[[list[FieldDiff]], None] | None = None, ignore_lines: Sequence[str] = (),
            upstream_sources: dict[str, str] | None = None, progress: Progress | None = None,
-           gpus: str | None = None) -> ReplayResult:
+           gpus: str | None = None,
+           after_judge: Callable[[RunRecord, RunRecord, Verdict, list[FieldDiff]], None] | None = None,
+           ) -> ReplayResult:
     """Replay a recorded run on this host and judge it.
 
     Args:
@@ -121,6 +123,9 @@ def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False
             ``envkit replay --upstream``); either way the input must hash to the recorded sha256.
         progress: ``progress(label, total_bytes) -> advance`` for pulls, inputs, snapshot and outputs.
         gpus: replay with this GPU request instead of the recorded one (``--gpus``).
+        after_judge: called with the original, the replay's record, the verdict and the forced differences once the
+            verdict is known, before the record's final write; it may add to the verdict (``envkit.pin`` pins the
+            exact step there).
 
     Raises:
         GpuError: this host cannot give the job its GPUs (fewer than the run used, or a driver too old for the
@@ -175,6 +180,8 @@ def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False
 
     def judge_before_final_write(replay_record: RunRecord) -> None:
         verdict.append(judge(engine, store, original, replay_record, ignore_lines))
+        if after_judge is not None:
+            after_judge(original, replay_record, verdict[0], forced)
         replay_record.verdict = verdict[0].to_dict()
 
     record = execute(engine, store, job, sink=sink, fingerprint=now, before_final_write=judge_before_final_write,

@@ -24,6 +24,11 @@ from envkit.injob.state import (  # noqa: F401 - re-exported: the one definition
     ENV_TRACE,
     ENV_TRACE_FILE,
     ENV_TRACE_GRADS,
+    ENV_TRACE_OPS,
+    ENV_TRACE_OPS_FILE,
+    ENV_TRACE_OPS_MAX,
+    ENV_TRACE_OPS_SAVE,
+    ENV_TRACE_STEPS,
     THREAD_ENV_VARS,
 )
 

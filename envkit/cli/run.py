@@ -36,9 +36,12 @@ def _gpus(value: str) -> str:
 
 
 def _trace(value: str) -> str:
-    if value in ("off", "auto") or (value.isdigit() and int(value) > 0):
-        return value
-    raise typer.BadParameter(f"{value!r} is not 'auto', 'off' or a positive step interval")
+    from envkit.run.tracing import parse_trace
+
+    try:
+        return str(parse_trace(value))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command("run", context_settings={"allow_interspersed_args": False},
@@ -67,7 +70,9 @@ def run_cmd(
                                      help="An earlier run's output (checked against its record, mounted read-only at "
                                           "DEST, default /work/PATH) as an input; recorded as lineage (repeatable)."),
     trace: str = typer.Option(DEFAULT_TRACE, "--trace", callback=_trace,
-                              help="Parameter digests every N optimizer steps; auto keeps the cost under 2%; off."),
+                              help="Parameter digests every N optimizer steps; auto keeps the cost under 2%; off. "
+                                   "Add ops:STEP (e.g. auto,ops:5) for a digest of every ATen op of one step; "
+                                   "ops alone: the divergent step found last for this script."),
     network: str = typer.Option("none", "--network", callback=choice(NETWORK_MODES),
                                 help="Container network: none (default, hermetic) or bridge."),
     env: list[str] = typer.Option(None, "--env", help="KEY=VALUE for the job (repeatable); secrets are redacted in "

@@ -36,7 +36,8 @@ fp32_precision             mapping: torch's TF32 settings by backend (``cuda.mat
 nvidia_tf32_override       ``NVIDIA_TF32_OVERRIDE`` in effect (``0`` turns TF32 off under torch), or null
 tf32_matmul, tf32_cudnn    whether TF32 was in effect for cuBLAS matmuls and cuDNN convolutions: torch's setting,
                            unless NVIDIA_TF32_OVERRIDE=0 overrides it (null when torch's setting cannot be read)
-extensions                 in-job modules installed after torch was seeded (``trace``, ``portable_ops``)
+extensions                 in-job modules installed after torch was seeded (``trace``, ``optrace``,
+                           ``portable_ops``)
 warnings, errors           one-line messages (errors: the strict-mode line if an op stopped the process)
 python_version             e.g. ``3.11.7``
 =========================  ===========================================================================================
@@ -60,6 +61,11 @@ ENV_CPU_PROFILE = "ENVKIT_CPU_PROFILE"  # native | portable
 ENV_TRACE = "ENVKIT_TRACE"  # step-trace interval: N steps, auto, 0 = off
 ENV_TRACE_FILE = "ENVKIT_TRACE_FILE"  # the trace file of the job's first tracing process (others: trace.rankR...)
 ENV_TRACE_GRADS = "ENVKIT_TRACE_GRADS"  # "1": the step trace digests gradients too
+ENV_TRACE_STEPS = "ENVKIT_TRACE_STEPS"  # "A-B": the step trace also records every step from A to B (pin runs)
+ENV_TRACE_OPS = "ENVKIT_TRACE_OPS"  # a step: the op trace records every ATen op of that step
+ENV_TRACE_OPS_FILE = "ENVKIT_TRACE_OPS_FILE"  # the op trace's file (default $ENVKIT_REPORT_DIR/optrace.jsonl)
+ENV_TRACE_OPS_SAVE = "ENVKIT_TRACE_OPS_SAVE"  # "12,40": the op trace saves those ops' inputs and outputs
+ENV_TRACE_OPS_MAX = "ENVKIT_TRACE_OPS_MAX"  # the op trace stops recording after this many ops (default 500000)
 ENV_BOOTSTRAP_ROOT = "ENVKIT_BOOTSTRAP_ROOT"  # set by the bootstrap: pid of the job's first process (main vs children)
 
 DETERMINISM_LEVELS = ("strict", "warn", "seed", "off")

@@ -40,6 +40,7 @@ from envkit.run.container import without_ulimits
 from envkit.run.inputs import Progress, UpstreamInput, is_mount_point, make_mount_points, remove_mount_points
 from envkit.run.processes import count_processes
 from envkit.run.snapshot import git_info, list_project, snapshot
+from envkit.run.tracing import trace_environment
 from envkit.settings import (
     CONTAINER_META,
     CONTAINER_OUTPUT,
@@ -52,8 +53,6 @@ from envkit.settings import (
     ENV_RUN_ID,
     ENV_SEED,
     ENV_THREADS,
-    ENV_TRACE,
-    ENV_TRACE_FILE,
     JOB_HOSTNAME,
     JOB_UID,
     LABEL_RUN,
@@ -83,7 +82,7 @@ class JobSpec:
     cpu_profile: str
     gpus: str = "none"  # all | none | N | device=ID,... (envkit.run.gpus)
     mounts: list[Mount] = field(default_factory=list)
-    trace: str = "off"  # off | auto | N (optimizer steps between parameter digests)
+    trace: str = "off"  # what the job traces: off | auto | N, and more (envkit.run.tracing)
     extra_env: dict[str, str] = field(default_factory=dict)
     network: str = "none"
     lock: LockInfo | None = None
@@ -96,6 +95,7 @@ class JobSpec:
     lock_text: str | None = None  # the lockfile's text, kept beside the record
     memory: str | None = None  # container memory limit (docker syntax, e.g. 4g)
     notes: list[str] = field(default_factory=list)  # carried into the record (replay: how the image was had)
+    pin_for: list[str] = field(default_factory=list)  # a pin run: the two runs whose parting it reruns to pin down
     user: str | None = None  # uid:gid inside the container; default: the invoking user, or JOB_UID when it is root
     argv: list[str] | None = None  # `envkit run -- COMMAND ARGS`: run this instead of `python SCRIPT ARGS`
     upstream: list[UpstreamInput] = field(default_factory=list)  # --input: earlier runs' outputs (envkit.run.inputs)
@@ -141,9 +141,7 @@ def job_environment(job: JobSpec, run_id: str) -> dict[str, str]:
         # Docker adds NVIDIA_VISIBLE_DEVICES only with a device request; without one, an image that sets it to "all"
         # still gets every GPU under a default nvidia runtime. "void" is what Docker itself sets for a request of 0.
         env["NVIDIA_VISIBLE_DEVICES"] = "void"
-    if job.trace != "off":
-        env[ENV_TRACE] = job.trace
-        env[ENV_TRACE_FILE] = f"{CONTAINER_META}/trace.jsonl"
+    env.update(trace_environment(job.trace, CONTAINER_META))
     env.update(job.extra_env)
     return env
 
@@ -234,7 +232,7 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
         memory=job.memory, notes=list(job.notes), network=job.network, host_pid=os.getpid(),
         host_pid_start=process_start(os.getpid()), gpus=job.gpus, shm_size=job.shm_size, ipc=job.ipc,
         ulimits={k: list(v) for k, v in job.ulimits.items()}, user_explicit=job.user is not None,
-        env_file=job.env_file,
+        env_file=job.env_file, pin_for=list(job.pin_for),
     )
     record.timings = Timings(build_s=job.build_s)
     user = job.user or (f"{JOB_UID}:{JOB_UID}" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}")

@@ -19,6 +19,7 @@ from envkit.run.executor import JobSpec, Sink, execute
 from envkit.run.images import ResolvedImage, resolve_image
 from envkit.run.inputs import Progress, resolve_input
 from envkit.run.mounts import parse_mount
+from envkit.run.tracing import resolve_ops_step
 from envkit.settings import DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE, NETWORK_MODES
 from envkit.store.filestore import FileStore
 from envkit.store.record import RunRecord
@@ -38,7 +39,7 @@ class RunRequest:
     gpus: str = "none"
     cpu_profile: str | None = None  # None: the image's own profile, else native
     mounts: list[str] = field(default_factory=list)  # SRC:DST
-    trace: str = DEFAULT_TRACE
+    trace: str = DEFAULT_TRACE  # envkit.run.tracing: auto | off | N, ops:STEP ...
     network: str = "none"
     env: dict[str, str] = field(default_factory=dict)
     memory: str | None = None
@@ -104,7 +105,8 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
     job = JobSpec(
         project=project, script=script, args=list(request.args), image_id=resolved.id, image_ref=resolved.ref,
         image_digests=resolved.digests, seed=request.seed, determinism=request.determinism, threads=request.threads,
-        cpu_profile=cpu_profile, mounts=mounts, trace=request.trace, network=request.network,
+        cpu_profile=cpu_profile, mounts=mounts, network=request.network,
+        trace=resolve_ops_step(request.trace, store, script),
         lock=resolved.lock, command=list(request.command), build_s=resolved.build_s, lock_text=resolved.lock_text,
         extra_env=env, memory=request.memory, argv=list(request.argv) if request.argv else None,
         upstream=upstream, ignore=list(request.ignore), gpus=gpus, shm_size=settings.shm_size, ipc=settings.ipc,

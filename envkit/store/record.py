@@ -137,7 +137,7 @@ class RunRecord:
     platform_mismatch: bool = False
     notes: list[str] = field(default_factory=list)
     mounts: list[dict[str, str]] = field(default_factory=list)  # [{"source": host path, "target": container path}]
-    trace: str = "off"  # step-trace interval: off | auto | N
+    trace: str = "off"  # what the job traced: off | auto | N, steps:A-B, ops:K ... (envkit.run.tracing)
     memory: str | None = None  # container memory limit
     verdict: dict[str, Any] | None = None  # replays: IDENTICAL / DIVERGED / FAILED and the evidence
     network: str = "none"  # the container's network: none or bridge
@@ -156,6 +156,7 @@ class RunRecord:
     world_size: int | None = None  # torch.distributed world size seen by the job's processes (1: not distributed)
     processes: int | None = None  # Python processes the bootstrap seeded (one report each)
     upstream: list[Upstream] = field(default_factory=list)  # inputs taken from earlier runs' outputs
+    pin_for: list[str] = field(default_factory=list)  # a pin run: [A, B], the runs whose parting it reruns
 
     def __post_init__(self) -> None:
         before, command, args, argv = self.environment, self.command, self.args, self.argv
@@ -189,6 +190,8 @@ class RunRecord:
     def job_argv(self) -> list[str]:
         """The command the job ran in its container (records older than ``argv``: ``python SCRIPT ARGS``)."""
         return list(self.argv) if self.argv else ["python", self.script or "", *self.args]
+        if any(not isinstance(i, str) or not RUN_ID_RE.fullmatch(i) for i in self.pin_for):
+            raise StoreError(f"record {self.run_id}: malformed pin_for {self.pin_for!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (manifest entries without ``link`` when they have none)."""
