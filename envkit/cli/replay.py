@@ -10,8 +10,7 @@ import typer
 from envkit.cli import app
 from envkit.cli._console import err_console, out_console, print_json
 from envkit.cli._options import complete_run_id, optional_value_command
-from envkit.cli.mlflow import MLFLOW_OPTION_HELP
-from envkit.tracking.config import looks_like_tracking_uri
+from envkit.tracking.config import MLFLOW_OPTION_HELP, looks_like_tracking_uri
 
 
 @app.command("replay", cls=optional_value_command({"--mlflow": looks_like_tracking_uri}))

@@ -11,7 +11,6 @@ from envkit.cli import app
 from envkit.cli._console import err_console, print_json
 from envkit.cli._options import choice
 from envkit.cli._runcmd import configured_request, outcome, run_command
-from envkit.cli.mlflow import MLFLOW_OPTION_HELP
 from envkit.settings import (
     CPU_PROFILES,
     DEFAULT_DETERMINISM,
@@ -21,7 +20,7 @@ from envkit.settings import (
     IPC_MODES,
     NETWORK_MODES,
 )
-from envkit.tracking.config import looks_like_tracking_uri
+from envkit.tracking.config import MLFLOW_OPTION_HELP, looks_like_tracking_uri
 
 SEED_MAX = 2**32 - 1
 

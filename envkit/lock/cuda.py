@@ -14,7 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from envkit.lock.model import Lockfile, PinnedPackage
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from envkit.lock.model import Lockfile, PinnedPackage
 
 # The first Linux driver of each CUDA major (NVIDIA's CUDA release notes, table 3): the hint a refusal gives.
 MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
