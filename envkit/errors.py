@@ -188,6 +188,13 @@ class JobError(EnvkitError):
     exit_code = 34
 
 
+class GpuError(JobError):
+    """The job's GPUs cannot be had: fewer GPUs than asked for, no NVIDIA driver or container toolkit, or a driver
+    too old for the image's CUDA. Checked before the container is made; a run ends ``failed``, a replay is refused."""
+
+    exit_code = 37
+
+
 class SnapshotError(EnvkitError):
     """A project file cannot be listed, read or copied into the run's snapshot, or an output cannot be hashed."""
 

@@ -49,6 +49,8 @@ def base_debian(
     suite: str = typer.Argument("bookworm", help="Debian suite: bookworm (Python 3.11), trixie (3.13), bullseye (3.9)."),
     python: str = typer.Option("3.11", "--python", help="Python major.minor the suite must ship."),
     tag: str = typer.Option(None, "--tag", help="Image name (default envkit/base:<suite>-py<python>)."),
+    compiler: bool = typer.Option(False, "--compiler", help="Add gcc and Python's headers (torch.compile with "
+                                                            "triton needs them; tag ...-dev)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Make a minimal Debian with python3 from today's packages, reproducibly (mmdebstrap from the exact .debs it
@@ -62,7 +64,7 @@ def base_debian(
 
     engine = connect()
     with stage_spinner(enabled=not json_out and err_console.is_terminal) as step:
-        base, lock = debian_base_today(engine, suite, python, tag=tag, step=step)
+        base, lock = debian_base_today(engine, suite, python, tag=tag, step=step, compiler=compiler)
     debs = lock.base.debian.debs
     if json_out:
         print_json({"image_id": base.image_id, "tag": tag or lock.base.ref, "python": lock.base.python,

@@ -71,6 +71,8 @@ def build_cmd(
     with byte_bars(enabled=show) as bar:
         result = build_and_push(engine, lock, cpu_profile=cpu_profile, no_cache=no_cache, push=push, progress=bar,
                                 on_step=say, check=check)
+    for line in result.warnings:
+        err_console.print(f"warning: {line}", highlight=False, markup=False)
     comparison = result.comparison
     if json_out:
         print_json({"image_id": result.image_id, "tag": result.tag, "build_key": result.build_key,
@@ -78,7 +80,7 @@ def build_cmd(
                     "lock_sha256": lock.content_sha256, "repo_digest": result.repo_digest,
                     "lock": {"status": comparison.status, "expected": comparison.expected,
                              "reasons": comparison.reasons},
-                    "base": result.base_how, "layers": {"base": result.base_layers, "venv": result.venv_layer},
+                    "warnings": result.warnings, "base": result.base_how, "layers": {"base": result.base_layers, "venv": result.venv_layer},
                     **({"check": {"previous": result.previous}} if check else {})})
     else:
         how = "cache hit" if result.cache_hit else f"built in {result.seconds:.0f} s"

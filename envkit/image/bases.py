@@ -142,7 +142,7 @@ def _read_entry(entry: Path) -> ReadyBase:
 def _on_engine(engine: Engine, base: ReadyBase, lock: Lockfile, key: str, how: str) -> ReadyBase:
     """``base`` loaded into the engine unless it has it already."""
     if engine.find_image(base.image_id) is None:
-        tag = f"envkit/base:{lock.base.debian.suite}-{key[:12]}"
+        tag = f"envkit/base:{lock.base.debian.suite}-{key[:12]}"  # a name of its own: no other base's tag moves
         chunks = oci.archive_chunks(base.archive.config_bytes, base.archive.layers, epoch=lock.epoch, tags=[tag])
         loaded = engine.load(chunks)
         if base.image_id not in loaded:
@@ -256,7 +256,7 @@ class _ChunkReader:
 
 # --- ahead of a build ---------------------------------------------------------------------------------------------
 def debian_base_today(engine: Engine, suite: str, python: str, *, tag: str | None = None,
-                      step: Step = lambda _m: None) -> tuple[ReadyBase, Lockfile]:
+                      step: Step = lambda _m: None, compiler: bool = False) -> tuple[ReadyBase, Lockfile]:
     """``envkit base debian``: resolve the suite's .debs today, make the base from them, load and tag it.
 
     Returns:
@@ -273,12 +273,13 @@ def debian_base_today(engine: Engine, suite: str, python: str, *, tag: str | Non
     raw = str(engine.facts().get("arch"))
     arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(raw, raw)
     platform = Platform("linux", arch, f"{arch}-manylinux_2_28")
-    pinned = pin_base(debian_ref(suite, python), python, platform.docker_arch, lambda: engine, cache_dir(), step)
+    ref = debian_ref(suite, python, compiler)
+    pinned = pin_base(ref, python, platform.docker_arch, lambda: engine, cache_dir(), step)
     lock = Lockfile(name="base", python=python, platform=platform, base=pinned.base, requirements=(), sources={},
                     environment={}, packages=(), generated_by="envkit base", epoch=source_date_epoch())
     with tempfile.TemporaryDirectory(prefix="base-", dir=scratch()) as tmp:
         base = ensure_base(engine, lock, Path(tmp), step=step)
-    engine.tag(base.image_id, tag or debian_ref(suite, python))
+    engine.tag(base.image_id, tag or ref)
     return base, lock
 
 

@@ -59,6 +59,7 @@ class BuildResult:
     recipe: str = ""
     previous: str | None = None  # --check: the image this host built for the key before, if any
     base_how: str | None = None
+    warnings: list[str] = field(default_factory=list)  # one line each, for the user (a triton lock without a compiler)
 
 
 def check_platform(engine: Engine, lock: Lockfile) -> None:
@@ -178,6 +179,7 @@ def build_image(
     check_platform(engine, lock)  # a cache hit was built here, for this platform
     from envkit.image import assemble, oci
     from envkit.image.bases import ensure_base, scratch
+    from envkit.image.preflight import check_space, compiler_warning
     from envkit.image.wheels import WheelSources, ensure_wheels
 
     # Under envkit's cache: the wheels hard-link into it, and the engine bind-mounts it (the same host).
@@ -185,6 +187,7 @@ def build_image(
         work = Path(tmp)
         base = ensure_base(engine, lock, work, fresh=check, step=step)
         step(f"base: {base.image_id[:19]} ({base.how})")
+        warning = compiler_warning(engine, lock, base.image_id)
         venv_key = hashlib.sha256(f"{base.image_id}\0{plan.recipe}\0{plan.requirements}".encode()).hexdigest()
         reuse = None if (no_cache or check) else _same_venv(engine, venv_key)
         if reuse is not None:
@@ -192,6 +195,7 @@ def build_image(
             venv_layer = oci.present_layer(reuse["venv_layer"])
         else:
             wheels = ensure_wheels(lock.packages, wheel_cache_dir(), progress, sources=WheelSources.for_lock(lock))
+            check_space(engine, wheels)
             venv_dir = _install_venv(engine, base, lock, plan, wheels, work, step)
             step("venv: writing the layer (sorted, owner 0:0, mtimes clamped to the epoch)")
             venv_layer = oci.write_layer(venv_dir, work / "venv.tar", plan.epoch, prefix=IMAGE_VENV.strip("/"))
@@ -207,7 +211,8 @@ def build_image(
         remember_build(plan.build_key, image_id, **parts)
     result = BuildResult(image_id, plan.tag, plan.build_key, False, time.monotonic() - t0, steps=steps,
                          base_layers=base.diff_ids, venv_layer=venv_layer.diff_id, recipe=plan.recipe,
-                         previous=previous.get("image_id") if check else None, base_how=base.how)
+                         previous=previous.get("image_id") if check else None, base_how=base.how,
+                         warnings=[warning] if warning else [])
     result.comparison = compare(lock, cpu_profile, image_id, plan.recipe, base.diff_ids, venv_layer.diff_id,
                                 base.mmdebstrap)
     return result

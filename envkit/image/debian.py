@@ -33,7 +33,7 @@ from envkit.image import oci
 from envkit.image.debfetch import fetch_debs
 from envkit.lock.debian import BASE_PACKAGES, DEBIAN_KEYRING, STATUS_FORMAT, read_status, run_mmdebstrap
 from envkit.lock.model import DebPin
-from envkit.settings import LABEL_BASE_PACKAGES, LABEL_BASE_PYTHON, LABEL_BASE_SOURCE
+from envkit.settings import LABEL_BASE_COMPILER, LABEL_BASE_PACKAGES, LABEL_BASE_PYTHON, LABEL_BASE_SOURCE
 
 PACKAGES_LISTING = "etc/envkit/base-packages.txt"  # inside the image, as `envkit base` writes it
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -163,10 +163,12 @@ def base_config(rootfs: RootfsResult, suite: str, epoch: int, packages: Sequence
                 arch: str = "amd64") -> bytes:
     """The base image's config: one layer, the labels `envkit base` sets, dated at the epoch."""
     source = f"mmdebstrap --variant=minbase --include={','.join(packages)} {suite} (pinned .debs)"
+    compiler = "gcc" in packages
     labels = {
         LABEL_BASE_PYTHON: rootfs.python,
-        LABEL_BASE_SOURCE: f"envkit base debian {suite}",
+        LABEL_BASE_SOURCE: f"envkit base debian {suite}" + (" --compiler" if compiler else ""),
         LABEL_BASE_PACKAGES: hashlib.sha256(rootfs.listing.encode()).hexdigest(),
+        **({LABEL_BASE_COMPILER: "gcc"} if compiler else {}),
     }
     return oci.image_config(diff_ids=[rootfs.layer.diff_id], epoch=epoch, env=BASE_ENV, labels=labels,
                             cmd=["python3"], history=[oci.history_entry(epoch, source)], architecture=arch)

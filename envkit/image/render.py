@@ -9,19 +9,23 @@ instruction; a control character is refused all the same (:func:`envkit.lock.mod
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 from dataclasses import dataclass
 
 from envkit import __version__, cpuprofile
 from envkit.image import assemble
+from envkit.lock.cuda import cuda_major, lock_cuda
 from envkit.lock.model import Lockfile, check_values
 from envkit.lock.values import shown
 from envkit.resources import docker_file, injob_sources
 from envkit.settings import (
+    CPU_PROFILES,
     IMAGE_VENV,
     IN_IMAGE_PACKAGE,
     LABEL_BUILD_KEY,
     LABEL_CPU_PROFILE,
+    LABEL_CUDA,
     LABEL_LOCK_NAME,
     LABEL_LOCK_SHA,
     LABEL_MANAGED,
@@ -67,8 +71,13 @@ def render_requirements(lock: Lockfile) -> str:
 
 
 def image_env(lock: Lockfile, cpu_profile: str) -> dict[str, str]:
-    """ENV of the image: the lock's determinism environment, the venv on PATH, the CPU profile."""
+    """ENV of the image: the lock's determinism environment, the venv on PATH, the CPU profile and, for a CUDA lock,
+    ``NVIDIA_REQUIRE_CUDA``: the container toolkit then refuses to start it on a driver older than the wheels'
+    CUDA major (CUDA's minor-version compatibility makes the major the requirement)."""
     env = dict(lock.environment)
+    cuda = lock_cuda(lock)
+    if cuda:
+        env["NVIDIA_REQUIRE_CUDA"] = f"cuda>={cuda_major(cuda)}.0"
     env["PATH"] = f"{IMAGE_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     env["VIRTUAL_ENV"] = IMAGE_VENV
     env["ENVKIT_CPU_PROFILE"] = cpu_profile
@@ -80,7 +89,9 @@ def image_env(lock: Lockfile, cpu_profile: str) -> dict[str, str]:
 
 def labels(lock: Lockfile, cpu_profile: str, build_key: str) -> dict[str, str]:
     """The image's labels: no time and no host value in them, so they are the same on every build."""
+    cuda = lock_cuda(lock)
     out = {
+        **({LABEL_CUDA: cuda} if cuda else {}),
         LABEL_MANAGED: "true",
         LABEL_LOCK_SHA: lock.content_sha256,
         LABEL_LOCK_NAME: lock.name,
@@ -104,6 +115,9 @@ def recipe_hash(lock: Lockfile, files: dict[str, bytes] | None = None) -> str:
     files = in_image_files() if files is None else files
     h = hashlib.sha256()
     h.update(f"{__version__}\0{assemble.recipe_text(lock.python)}\0".encode())
+    # What envkit's code writes into the config from the lock (ENV, labels) decides the image too.
+    rendered = {p: {"env": image_env(lock, p), "labels": labels(lock, p, "")} for p in CPU_PROFILES}
+    h.update(hashlib.sha256(json.dumps(rendered, sort_keys=True).encode()).digest())
     for name in sorted(files):
         h.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
     return h.hexdigest()

@@ -4,7 +4,7 @@ What the spec's ``base`` names decides the kind:
 
 - ``envkit/base:<suite>-py<X.Y>``: a Debian base envkit makes. The exact .debs are resolved now (one mmdebstrap
   run against the host's Debian mirrors, :func:`envkit.lock.debian.resolve_base`); no engine is needed, and every
-  host then makes the same base from those .debs.
+  host then makes the same base from those .debs. ``...-dev`` adds a C compiler and Python's headers (triton).
 - ``repository[:tag]@sha256:<digest>``: a registry base, pulled by that digest. When the engine cannot pull it here
   (no registry access), the lock records it unverified, with the spec's Python, and says so.
 - ``repository:tag`` that the engine can pull, or that it pulled before: a registry base, pinned by the digest the
@@ -25,7 +25,7 @@ from envkit.errors import EngineUnavailableError, EnvkitError, ImageNotFoundErro
 from envkit.lock.model import BaseImage, DebianBase
 from envkit.settings import LABEL_BASE_PYTHON, LABEL_BASE_SOURCE
 
-DEBIAN_REF = re.compile(r"envkit/base:(?P<suite>[a-z]+)-py(?P<python>3\.\d{1,2})")
+DEBIAN_REF = re.compile(r"envkit/base:(?P<suite>[a-z]+)-py(?P<python>3\.\d{1,2})(?P<dev>-dev)?")
 
 
 @dataclass
@@ -34,9 +34,9 @@ class PinnedBase:
     notes: list[str] = field(default_factory=list)
 
 
-def debian_ref(suite: str, python: str) -> str:
-    """The name of envkit's Debian base for a suite: ``envkit/base:bookworm-py3.11``."""
-    return f"envkit/base:{suite}-py{python}"
+def debian_ref(suite: str, python: str, compiler: bool = False) -> str:
+    """The name of envkit's Debian base for a suite: ``envkit/base:bookworm-py3.11`` (``...-dev``: with gcc)."""
+    return f"envkit/base:{suite}-py{python}" + ("-dev" if compiler else "")
 
 
 def pin_base(ref: str, python: str, arch: str, engine: Callable[[], Engine], cache_dir: Path | None = None,
@@ -57,15 +57,16 @@ def pin_base(ref: str, python: str, arch: str, engine: Callable[[], Engine], cac
     """
     m = DEBIAN_REF.fullmatch(ref)
     if m:
-        return PinnedBase(_debian(m.group("suite"), m.group("python"), python, arch, cache_dir, on_step))
+        return PinnedBase(_debian(m.group("suite"), m.group("python"), python, arch, cache_dir, on_step,
+                                  compiler=bool(m.group("dev"))))
     if "@sha256:" in ref:
         return _by_digest(ref, python, engine, on_step)
     return _by_name(ref, engine, on_step)
 
 
 def _debian(suite: str, ref_python: str, python: str, arch: str, cache_dir: Path | None,
-            on_step: Callable[[str], None]) -> BaseImage:
-    from envkit.lock.debian import BASE_PACKAGES, SUITE_PYTHON, mmdebstrap_version, resolve_base
+            on_step: Callable[[str], None], compiler: bool = False) -> BaseImage:
+    from envkit.lock.debian import BASE_PACKAGES, COMPILER_PACKAGES, SUITE_PYTHON, mmdebstrap_version, resolve_base
 
     if suite not in SUITE_PYTHON:
         raise SpecError(f"unknown Debian suite {suite!r}", hint=f"choose one of {', '.join(SUITE_PYTHON)}")
@@ -73,14 +74,15 @@ def _debian(suite: str, ref_python: str, python: str, arch: str, cache_dir: Path
         raise SpecError(f"Debian {suite} ships Python {SUITE_PYTHON[suite]}, the spec asks for {python}",
                         hint=f"use base: {debian_ref(suite, SUITE_PYTHON[suite])} with python: "
                              f"\"{SUITE_PYTHON[suite]}\", or a suite that ships {python}")
+    packages = BASE_PACKAGES + (COMPILER_PACKAGES if compiler else ())
     version = mmdebstrap_version()
-    on_step(f"resolving the Debian {suite} base (mmdebstrap {version}, {', '.join(BASE_PACKAGES)})")
-    pins = resolve_base(suite, BASE_PACKAGES, arch=arch, cache_dir=cache_dir)
+    on_step(f"resolving the Debian {suite} base (mmdebstrap {version}, {', '.join(packages)})")
+    pins = resolve_base(suite, packages, arch=arch, cache_dir=cache_dir)
     full = next((p.version.split("-", 1)[0] for p in pins if p.name == f"python{python}"), None)
     if full is None:
         raise SpecError(f"the resolved {suite} base has no python{python} package")
-    return BaseImage(ref=debian_ref(suite, python), digest=None, python=full.split(":")[-1], kind="debian",
-                     debian=DebianBase(suite=suite, packages=BASE_PACKAGES, mmdebstrap=version, debs=tuple(pins)))
+    return BaseImage(ref=debian_ref(suite, python, compiler), digest=None, python=full.split(":")[-1], kind="debian",
+                     debian=DebianBase(suite=suite, packages=packages, mmdebstrap=version, debs=tuple(pins)))
 
 
 def _by_digest(ref: str, python: str, engine: Callable[[], Engine], on_step: Callable[[str], None]) -> PinnedBase:

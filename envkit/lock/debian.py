@@ -23,6 +23,9 @@ from envkit.errors import BaseImageError
 from envkit.lock.model import DebPin
 
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
+# A base for torch.compile on the GPU: triton compiles a C launcher for each kernel with cc and Python.h, and the
+# image build has no network to install them later (envkit/base:<suite>-py<X.Y>-dev).
+COMPILER_PACKAGES = ("gcc", "libc6-dev", "python3-dev")
 # Debian suites and the python3 they ship: the version is a property of the suite, not a choice.
 SUITE_PYTHON = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
 # Debian's own mirrors: where a host without apt sources resolves, and where any host looks for a pinned .deb last
