@@ -1,0 +1,5 @@
+"""Seed sweeps: the seeds, the statistics over them, the report, and the Slurm backend's core.
+
+Imports point one way: ``seeds`` and ``stats`` are pure (standard library and envkit.errors only), ``report`` uses
+``stats`` (and matplotlib, lazily, for the plot), ``slurm`` talks to Slurm's command-line tools only.
+"""
