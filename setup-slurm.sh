@@ -42,9 +42,15 @@ fi
 chown munge:munge /etc/munge/munge.key
 chmod 0400 /etc/munge/munge.key
 
-pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A daemon runs when its pid file names a live process of that name (a stale file's pid may belong to another).
+pid_alive() {
+  local pid
+  [[ -s $1 ]] || return 1
+  pid=$(cat "$1")
+  [[ $pid =~ ^[0-9]+$ ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]
+}
 
-if ! pid_alive /run/munge/munged.pid; then
+if ! pid_alive /run/munge/munged.pid munged; then
   log "starting munged"
   rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
   runuser -u munge -- /usr/sbin/munged
@@ -103,23 +109,23 @@ if ! cmp -s "$NEW_CONF" "$CONF"; then
 fi
 
 stop_daemon() {  # by its pid file only: never by name
-  local pidfile=$1
-  if pid_alive "$pidfile"; then
+  local pidfile=$1 name=$2
+  if pid_alive "$pidfile" "$name"; then
     local pid; pid=$(cat "$pidfile")
-    kill "$pid"
+    kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
   fi
 }
 
 if [[ $RESTART -eq 1 ]]; then
-  stop_daemon /run/slurmd.pid
-  stop_daemon /run/slurmctld.pid
+  stop_daemon /run/slurmd.pid slurmd
+  stop_daemon /run/slurmctld.pid slurmctld
 fi
-if ! pid_alive /run/slurmctld.pid; then
+if ! pid_alive /run/slurmctld.pid slurmctld; then
   log "starting slurmctld"
   /usr/sbin/slurmctld
 fi
-if ! pid_alive /run/slurmd.pid; then
+if ! pid_alive /run/slurmd.pid slurmd; then
   log "starting slurmd"
   /usr/sbin/slurmd
 fi
