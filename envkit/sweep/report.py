@@ -130,7 +130,7 @@ def plot(summary: SweepSummary, path: Path | str, title: str | None = None) -> P
     nrows = math.ceil(len(shown) / ncols)
     fig = figure_class(figsize=(4.6 * ncols, 3.4 * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax, m in zip(axes.flat, shown):
+    for ax, m in zip(axes.flat, shown, strict=False):
         _panel(ax, m)
     for ax in list(axes.flat)[len(shown):]:
         ax.set_visible(False)
@@ -188,9 +188,9 @@ def _panel(ax, m: MetricSummary) -> None:
 
 
 def _table(header: list[str], rows: list[list[str]], indent: int = 0) -> list[str]:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
     pad = " " * indent
-    return [pad + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in (header, *rows)]
+    return [pad + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in (header, *rows)]
 
 
 def _clean(text: str) -> str:

@@ -9,8 +9,9 @@ One array job per sweep: ``sbatch --array=0-(n-1)%P --parsable``. Each task runs
 ``SLURM_ARRAY_TASK_ID`` from a generated bash script (kept in the output folder, so what ran is on record), in an
 environment that carries ``SLURM_JOB_ID``, ``SLURM_ARRAY_JOB_ID``, ``SLURM_ARRAY_TASK_ID`` and ``SLURMD_NODENAME``
 (:func:`slurm_context` reads them for the run's record). The script writes two markers per task into the output
-folder: ``task-I.start`` (node and job ids) when it starts and ``task-I.exit`` (the command's exit code) when it
-ends, each written to a temp file and renamed.
+folder: ``task-I.start`` (node and job ids) when it starts, ``task-I.exit`` (the command's exit code) when it
+ends, and ``task-I.signal`` when SIGTERM stopped it (scancel, a time limit); each is written to a temp file and
+renamed.
 
 Where a task's state comes from. Without an accounting database (``AccountingStorageType=accounting_storage/none``,
 as on a one-node test cluster, and on some real ones) ``sacct`` answers "accounting storage is disabled". So
@@ -35,6 +36,7 @@ from pathlib import Path
 from envkit.errors import SlurmError
 
 CALL_TIMEOUT_S = 60.0
+POLL_FAILURES = 5  # wait() gives up after this many failed polls in a row
 # Slurm's job states after which a task does not run again.
 FINISHED_STATES = frozenset({
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
@@ -118,14 +120,16 @@ case "$i" in
 esac
 }}
 run_task & child=$!
-trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; mark exit 143; exit 143' TERM INT
+trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; mark signal TERM; mark exit 143; exit 143' TERM INT
 wait "$child"; code=$?
 mark exit "$code"
 exit "$code"
 """
 
 
-def submit_array(tasks: Sequence[str | Sequence[str]], output_dir: Path, options: SlurmOptions | None = None) -> ArrayJob:
+def submit_array(
+    tasks: Sequence[str | Sequence[str]], output_dir: Path, options: SlurmOptions | None = None
+) -> ArrayJob:
     """Submit one array job of ``len(tasks)`` tasks; task I runs ``tasks[I]``.
 
     Args:
@@ -186,8 +190,11 @@ def _with_marker(job: ArrayJob, index: int, task: TaskStatus | None) -> TaskStat
     if task is not None:
         node = task.node or start.get("node")
         return TaskStatus(index, task.state, exit_code, node, task.slurm_job_id, task.reason, "squeue", start)
-    # Slurm no longer lists it (MinJobAge passed): the markers decide.
-    if exit_code is not None:
+    # Slurm no longer lists it (MinJobAge passed): the markers decide. A task stopped by SIGTERM (scancel, or its
+    # time limit) left a signal marker beside its exit code.
+    if (job.output_dir / f"task-{index}.signal").exists():
+        state = "CANCELLED"
+    elif exit_code is not None:
         state = "COMPLETED" if exit_code == 0 else "FAILED"
     else:
         state = "UNKNOWN"  # never started, or killed before it could write its marker
@@ -206,13 +213,24 @@ def wait(job: ArrayJob, on_progress: Callable[[list[TaskStatus]], None] | None =
         cancel_on_interrupt: on Ctrl-C, cancel the array (scancel) before passing the interrupt on.
 
     Raises:
-        SlurmError: the timeout passed (the job is left running; the message says how to follow or cancel it).
+        SlurmError: the timeout passed (the job is left running; the message says how to follow or cancel it), or
+            Slurm did not answer :data:`POLL_FAILURES` polls in a row.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     last: list[tuple[str, int | None]] | None = None
+    failures = 0
     try:
         while True:
-            tasks = status(job)
+            try:
+                tasks = status(job)
+                failures = 0
+            except SlurmError:
+                # A controller busy or restarting for a moment must not end a wait of hours; a lasting outage does.
+                failures += 1
+                if failures >= POLL_FAILURES:
+                    raise
+                time.sleep(poll)
+                continue
             key = [(t.state, t.exit_code) for t in tasks]
             if key != last and on_progress is not None:
                 on_progress(tasks)
@@ -221,7 +239,8 @@ def wait(job: ArrayJob, on_progress: Callable[[list[TaskStatus]], None] | None =
                 return tasks
             if deadline is not None and time.monotonic() >= deadline:
                 raise SlurmError(f"array job {job.job_id} is not finished after {timeout:g} s",
-                                 hint=f"follow it with `squeue -r -j {job.job_id}`; cancel it with `scancel {job.job_id}`")
+                                 hint=f"follow it with `squeue -r -j {job.job_id}`; "
+                                      f"cancel it with `scancel {job.job_id}`")
             time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
     except KeyboardInterrupt:
         if cancel_on_interrupt:
@@ -280,7 +299,8 @@ def _call(args: list[str], failure: str) -> str:
     """Run one Slurm tool; its stdout, or one SlurmError line (with the tool's own message)."""
     if shutil.which(args[0]) is None:
         raise SlurmError(f"Slurm's `{args[0]}` is not installed here",
-                         hint="install Slurm's client tools (Debian: slurm-client), then check the cluster with `sinfo`")
+                         hint="install Slurm's client tools (Debian: slurm-client), "
+                              "then check the cluster with `sinfo`")
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=CALL_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:

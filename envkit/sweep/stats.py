@@ -37,7 +37,8 @@ CANNOT = "cannot tell"
 COUNTED_STATUS = "succeeded"
 # Name parts that make a metric a cost (lower is better); everything else is a score (higher is better).
 _COST_WORDS = frozenset(
-    "loss err error errors mse mae rmse nll perplexity ppl wer cer fid time seconds secs latency duration regret".split()
+    "loss err error errors mse mae rmse nll perplexity ppl wer cer fid "
+    "time runtime seconds secs latency duration regret".split()
 )
 
 
@@ -125,7 +126,7 @@ class Comparison:
 
 
 def goal_of(name: str) -> str:
-    """``"min"`` for a metric whose name reads as a cost (``val_loss``, ``test/error``, ``step_time``), else ``"max"``."""
+    """``"min"`` for a metric whose name reads as a cost (``val_loss``, ``test/error``, ``stepTime``), else ``"max"``."""
     words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower())
     return "min" if _COST_WORDS.intersection(words) else "max"
 
@@ -167,9 +168,11 @@ def summarize(runs: Iterable[RunMetrics | tuple], goals: Mapping[str, str] | Non
     elif not names:
         notes.append(f"no metrics found: none of the {len(runs)} runs has a counted metrics.json")
     not_counted = [r for r in notes_by_run if not r.counted]
-    if not_counted and runs:
-        notes.append(f"{len(not_counted)} of {len(runs)} runs not counted: " + "; ".join(
-            f"seed {r.seed} ({r.status if r.status != COUNTED_STATUS else r.note})" for r in not_counted[:10]) + ("; ..." if len(not_counted) > 10 else ""))
+    if not_counted:
+        listed = "; ".join(f"seed {r.seed} ({r.status if r.status != COUNTED_STATUS else r.note})"
+                           for r in not_counted[:10])
+        more = "; ..." if len(not_counted) > 10 else ""
+        notes.append(f"{len(not_counted)} of {len(runs)} runs not counted: {listed}{more}")
     return SweepSummary(tuple(notes_by_run), metrics, tuple(notes))
 
 

@@ -143,7 +143,10 @@ def test_a_job_slurm_has_forgotten_is_read_from_the_task_markers(shared_dir):
     (shared_dir / "task-0.exit").write_text("0\n")
     (shared_dir / "task-0.start").write_text('{"job_id": "41", "node": "n1"}')
     (shared_dir / "task-1.exit").write_text("2\n")
-    tasks = status(ArrayJob("999999", 3, shared_dir))
+    (shared_dir / "task-2.exit").write_text("143\n")
+    (shared_dir / "task-2.signal").write_text("TERM\n")
+    tasks = status(ArrayJob("999999", 4, shared_dir))
     assert [(t.state, t.exit_code, t.source) for t in tasks] == [
-        ("COMPLETED", 0, "marker"), ("FAILED", 2, "marker"), ("UNKNOWN", None, "marker")]
+        ("COMPLETED", 0, "marker"), ("FAILED", 2, "marker"), ("CANCELLED", 143, "marker"),
+        ("UNKNOWN", None, "marker")]
     assert (tasks[0].node, tasks[0].slurm_job_id) == ("n1", "41")

@@ -64,6 +64,7 @@ def test_sigterm_reaches_the_command_and_is_marked(tmp_path):
     finally:
         proc.kill()
     assert (tmp_path / "task-0.exit").read_text() == "143\n"
+    assert (tmp_path / "task-0.signal").read_text() == "TERM\n"
 
 
 def test_without_slurm_tools_the_error_says_how_to_check(tmp_path, monkeypatch):
