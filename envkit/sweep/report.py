@@ -180,7 +180,9 @@ def _panel(ax, m: MetricSummary) -> None:
     ax.plot([best], [ys[best]], "*", color="tab:green", markersize=12, label=f"best (seed {m.best_seed})")
     if len(xs) <= 30:
         ax.set_xticks(xs, [str(seed) for seed, _, _ in m.values], rotation=90 if len(xs) > 12 else 0)
-    ax.set_xlabel("seed")
+        ax.set_xlabel("seed")
+    else:  # too many to name: the JSON report maps each position to its seed and run
+        ax.set_xlabel("run, in sweep order")
     std = "" if m.std is None else f", std {m.std:.3g}"
     ax.set_title(f"{_name(m.name)} (n={m.n}{std})", fontsize=10)
     ax.margins(x=0.08)
