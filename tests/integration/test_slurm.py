@@ -20,7 +20,7 @@ import pytest
 from envkit.errors import SlurmError
 from envkit.sweep.slurm import ArrayJob, SlurmOptions, cancel, idle_nodes, status, submit_array, wait
 
-pytestmark = [pytest.mark.slurm, pytest.mark.docker]
+pytestmark = pytest.mark.slurm
 
 
 @functools.cache
@@ -72,6 +72,7 @@ WRITE_RESULT = (
 )
 
 
+@pytest.mark.docker
 def test_four_containerized_tasks_complete_and_carry_their_slurm_ids(base_image, label, shared_dir):
     job = submit_array([docker_task(base_image, label, shared_dir, WRITE_RESULT)] * 4, shared_dir,
                        SlurmOptions(parallel=2, job_name="envkit-test"))
@@ -97,6 +98,7 @@ def test_a_failing_task_is_failed_with_its_exit_code_and_the_others_complete(sha
     assert "broken" in job.log_path(1).read_text()
 
 
+@pytest.mark.docker
 def test_cancel_marks_the_tasks_cancelled_and_stops_their_containers(base_image, label, shared_dir, client):
     sleeper = "import time; open('/out/started', 'w').close(); time.sleep(300)"
     job = submit_array([docker_task(base_image, label, shared_dir, sleeper)] * 4, shared_dir,
