@@ -70,6 +70,12 @@ class CpuProfileError(EnvkitError):
     exit_code = 15
 
 
+class SweepError(EnvkitError):
+    """A malformed seed list or sweep option, or a sweep report that cannot be made (e.g. no plotting library)."""
+
+    exit_code = 16
+
+
 # --- the engine and images ---------------------------------------------------------------------------------------
 class EngineUnavailableError(EnvkitError):
     """The Docker engine cannot be reached."""
@@ -109,6 +115,13 @@ class BaseImageError(EnvkitError):
     """Making a base image (debootstrap + import) failed."""
 
     exit_code = 25
+
+
+class SlurmError(EnvkitError):
+    """Slurm cannot be reached, refuses a job (sbatch's message is shown), or loses track of one."""
+
+    exit_code = 27
+    default_hint = "check the cluster with `sinfo` (it should list an idle node) and `squeue`"
 
 
 # --- runs and the store ------------------------------------------------------------------------------------------
