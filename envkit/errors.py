@@ -71,7 +71,8 @@ class CpuProfileError(EnvkitError):
 
 
 class SweepError(EnvkitError):
-    """A malformed seed list or sweep option, or a sweep report that cannot be made (e.g. no plotting library)."""
+    """A malformed seed list, sweep id or sweep option, or a sweep report that cannot be made (e.g. no plotting
+    library)."""
 
     exit_code = 16
 
@@ -120,7 +121,7 @@ class BaseImageError(EnvkitError):
 class SlurmError(EnvkitError):
     """Slurm cannot be reached, refuses a job (sbatch's message is shown), or loses track of one."""
 
-    exit_code = 27
+    exit_code = 28
     default_hint = "check the cluster with `sinfo` (it should list an idle node) and `squeue`"
 
 
@@ -158,6 +159,13 @@ class JobError(EnvkitError):
     """The job could not be started in its container."""
 
     exit_code = 34
+
+
+class SweepNotFoundError(EnvkitError):
+    """No sweep with that id in the store."""
+
+    exit_code = 36
+    default_hint = "list the sweeps with `envkit sweeps`"
 
 
 class SnapshotError(EnvkitError):
@@ -204,6 +212,8 @@ class TraceError(EnvkitError):
 EXIT_IDENTICAL = 0
 EXIT_DIVERGED = 3
 EXIT_FAILED = 4
+# `envkit sweep`: every run was made, and at least one of them failed (the others are kept and reported).
+EXIT_SWEEP_RUNS_FAILED = 5
 
 
 def all_error_classes() -> list[type[EnvkitError]]:

@@ -50,6 +50,12 @@ def run_cmd(
                                                        "the record."),
     memory: str = typer.Option(None, "--memory", help="Memory limit, e.g. 4g; a job killed for memory is marked oom."),
     json_out: bool = typer.Option(False, "--json", help="Print a record summary as JSON at the end."),
+    backend: str = typer.Option("local", "--backend", callback=choice(("local", "slurm")),
+                                help="local, or slurm: one Slurm job on a node sharing the store (docs/sweeps.md)."),
+    partition: str = typer.Option(None, "--partition", help="Slurm: the partition."),
+    gres: str = typer.Option(None, "--gres", help="Slurm: generic resources, e.g. gpu:1."),
+    time_limit: str = typer.Option(None, "--time", help="Slurm: the time limit, e.g. 01:00:00."),
+    sbatch: list[str] = typer.Option(None, "--sbatch", help="Slurm: an sbatch argument as is (repeatable)."),
 ) -> None:
     """Run SCRIPT in the lock's image with every generator seeded; record the run; print its id last.
 
@@ -69,6 +75,12 @@ def run_cmd(
         env=_parse_env(env or []), memory=memory, project=Path.cwd(),
         command=["envkit", *sys.argv[1:]] if sys.argv and "envkit" in Path(sys.argv[0]).name else [],
     )
+    if backend == "slurm":
+        from envkit.cli.sweep import run_on_slurm
+        from envkit.sweep.slurm import SlurmOptions
+
+        options = SlurmOptions(partition=partition, gres=gres, time=time_limit, extra_args=tuple(sbatch or ()))
+        raise typer.Exit(run_on_slurm(request, options, json_out))
     store = FileStore(store_dir(request.project))
     record = run(connect(), store, request, sink=Sink(None, None) if json_out else None,
                  on_started=None if json_out else (lambda rid: err_console.print(f"run {rid} started",

@@ -54,6 +54,7 @@ from envkit.settings import (
 )
 from envkit.store.filestore import FileStore
 from envkit.store.layout import RunLayout, output_name
+from envkit.store.metrics import read_metrics
 from envkit.store.record import CodeInfo, Fingerprint, ImageInfo, LockInfo, RunRecord, Timings, utc_now
 
 # Never outputs: bytecode caches a job's imports may leave (PYTHONDONTWRITEBYTECODE is set, but a job may unset it).
@@ -90,6 +91,8 @@ class JobSpec:
     lock_text: str | None = None  # the lockfile's text, kept beside the record
     memory: str | None = None  # container memory limit (docker syntax, e.g. 4g)
     notes: list[str] = field(default_factory=list)  # carried into the record (replay: how the image was had)
+    sweep: dict[str, Any] | None = None  # {"id", "index"}: the run is one seed of a sweep (envkit.sweep)
+    scheduler: dict[str, str] | None = None  # a batch scheduler's ids for the record (Slurm job, task, node)
 
 
 @dataclass
@@ -191,7 +194,7 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
                         digest=job.image_digests[0] if job.image_digests else None),
         lock=job.lock, inputs=inputs, replay_of=job.replay_of, platform_mismatch=job.platform_mismatch,
         mounts=[{"source": str(m.source), "target": m.target} for m in job.mounts], trace=job.trace,
-        memory=job.memory, notes=list(job.notes),
+        memory=job.memory, notes=list(job.notes), sweep=job.sweep, scheduler=job.scheduler,
     )
     record.timings = Timings(build_s=job.build_s)
     work = _prepare(job, layout, store, record)
@@ -265,6 +268,8 @@ def _finish(engine: Engine, store: FileStore, record: RunRecord, layout: RunLayo
     except EnvkitError as exc:  # an output the job made unreadable: the run still ends, with a note
         record.notes.append(f"outputs could not be hashed: {exc.message}")
         status = "failed" if status == "succeeded" else status
+    record.metrics, metric_notes = read_metrics(layout, record.outputs)
+    record.notes += metric_notes
     record.bootstrap = _bootstrap_reports(layout.meta)
     record.fingerprint.container = container_software(engine, store, record.image.id or "", env, record.bootstrap,
                                                       record.fingerprint.host)

@@ -49,6 +49,15 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
         ScriptNotFoundError, JobError (bad mount, container refused), LockfileError, ImageNotFoundError,
         CpuProfileError (a profile other than the image's), and what building the image raises.
     """
+    return execute(engine, store, job_spec(engine, request), sink=sink, on_started=on_started)
+
+
+def job_spec(engine: Engine, request: RunRequest) -> JobSpec:
+    """The job a request runs, its image found or built (a sweep makes it once for all its seeds).
+
+    Raises:
+        As :func:`run`, before anything runs.
+    """
     project = Path(request.project)
     script = check_script(project, request.script)
     mounts = [parse_mount(m) for m in request.mounts]
@@ -60,14 +69,13 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
         raise CpuProfileError(f"image {request.image} was built with --cpu-profile {resolved.cpu_profile}, "
                               f"not {cpu_profile}",
                               hint=f"drop --cpu-profile, or build an image with --cpu-profile {cpu_profile}")
-    job = JobSpec(
+    return JobSpec(
         project=project, script=script, args=list(request.args), image_id=resolved.id, image_ref=resolved.ref,
         image_digests=resolved.digests, seed=request.seed, determinism=request.determinism, threads=request.threads,
         cpu_profile=cpu_profile, gpus=request.gpus, mounts=mounts, trace=request.trace, network=request.network,
         lock=resolved.lock, command=list(request.command), build_s=resolved.build_s, lock_text=resolved.lock_text,
         extra_env=dict(request.env), memory=request.memory,
     )
-    return execute(engine, store, job, sink=sink, on_started=on_started)
 
 
 def check_script(project: Path, script: str) -> str:

@@ -129,6 +129,9 @@ class RunRecord:
     trace: str = "off"  # step-trace interval: off | auto | N
     memory: str | None = None  # container memory limit
     verdict: dict[str, Any] | None = None  # replays: IDENTICAL / DIVERGED / FAILED and the evidence
+    metrics: dict[str, float] | None = None  # the job's metrics.json (envkit.store.metrics); None: it wrote none
+    sweep: dict[str, Any] | None = None  # {"id": sweep id, "index": i} for one seed of a sweep (envkit.store.sweeps)
+    scheduler: dict[str, str] | None = None  # a batch scheduler's ids: backend, job and array task ids, node
 
     def __post_init__(self) -> None:
         self.environment = redact_environment(self.environment)

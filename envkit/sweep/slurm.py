@@ -57,6 +57,8 @@ class SlurmOptions:
     parallel: int | None = None  # at most this many tasks at once (the %P of --array)
     job_name: str = "envkit"
     workdir: Path | None = None  # the tasks' working folder (sbatch --chdir); default: the submitting one
+    cpus_per_task: int | None = None  # what one task needs (a run's --threads), so Slurm packs tasks onto cores
+    mem: str | None = None  # sbatch's --mem for one task (a run's --memory)
     extra_args: tuple[str, ...] = ()
 
 
@@ -128,7 +130,8 @@ exit "$code"
 
 
 def submit_array(
-    tasks: Sequence[str | Sequence[str]], output_dir: Path, options: SlurmOptions | None = None
+    tasks: Sequence[str | Sequence[str]], output_dir: Path, options: SlurmOptions | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> ArrayJob:
     """Submit one array job of ``len(tasks)`` tasks; task I runs ``tasks[I]``.
 
@@ -136,6 +139,7 @@ def submit_array(
         tasks: per task, an argv list or a shell command line (a list of one gives a single run).
         output_dir: a new or empty folder, shared with the nodes: the script, each task's log and markers.
         options: partition, gres, time, parallelism, job name, working folder, extra sbatch arguments.
+        environ: sbatch's environment, which the tasks inherit (sbatch's default ``--export=ALL``); default: ours.
 
     Returns:
         The array job, with Slurm's job id.
@@ -156,7 +160,13 @@ def submit_array(
     except OSError as exc:
         raise SlurmError(f"cannot write the array script in {output_dir}: {exc.strerror or exc}") from exc
     array = f"0-{len(tasks) - 1}" + (f"%{options.parallel}" if options.parallel else "")
-    args = ["sbatch", *options.extra_args]
+    # What envkit derives from the run comes first, so that the user's own sbatch arguments override it; the
+    # options the user named (--partition, --gres, --time) come after those.
+    args = ["sbatch"]
+    for flag, value in (("--cpus-per-task", options.cpus_per_task), ("--mem", options.mem)):
+        if value is not None:
+            args.append(f"{flag}={value}")
+    args += options.extra_args
     for flag, value in (("--partition", options.partition), ("--gres", options.gres), ("--time", options.time),
                         ("--chdir", options.workdir)):
         if value is not None:
@@ -164,7 +174,7 @@ def submit_array(
     # envkit's own options last: they decide the array, the parsable answer and where logs go.
     args += [f"--job-name={options.job_name}", f"--array={array}", "--parsable",
              f"--output={output_dir}/task-%a.log", str(script)]
-    answer = _call(args, "sbatch refused the job")
+    answer = _call(args, "sbatch refused the job", environ)
     job_id = answer.strip().split(";")[0]
     if not job_id.isdigit():
         raise SlurmError(f"sbatch answered {answer.strip()!r}, not a job id", hint=_HINT)
@@ -295,14 +305,15 @@ def _squeue(job_id: str) -> str:
         raise
 
 
-def _call(args: list[str], failure: str) -> str:
+def _call(args: list[str], failure: str, environ: Mapping[str, str] | None = None) -> str:
     """Run one Slurm tool; its stdout, or one SlurmError line (with the tool's own message)."""
     if shutil.which(args[0]) is None:
         raise SlurmError(f"Slurm's `{args[0]}` is not installed here",
                          hint="install Slurm's client tools (Debian: slurm-client), "
                               "then check the cluster with `sinfo`")
     try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=CALL_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=CALL_TIMEOUT_S, stdin=subprocess.DEVNULL,
+                              env=None if environ is None else dict(environ), check=False)
     except subprocess.TimeoutExpired as exc:
         raise SlurmError(f"`{args[0]}` gave no answer in {CALL_TIMEOUT_S:g} s", hint=_HINT) from exc
     except OSError as exc:

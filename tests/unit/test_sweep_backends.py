@@ -1,0 +1,148 @@
+"""A seed run as a Slurm task would run it on its node (in-memory engine), the Slurm backend's reading of task
+states, and the command line's bad input: one line, a hint, envkit's exit code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from envkit.cli import main
+from envkit.run.runner import RunRequest
+from envkit.store.filestore import FileStore
+from envkit.store.sweeps import SweepStore
+from envkit.sweep import slurm
+from envkit.sweep.backend import states_from_store
+from envkit.sweep.slurm_backend import SlurmBackend, slurm_memory
+from envkit.sweep.task import run_seed
+from envkit.sweep.workflow import SweepRequest, start_sweep
+
+from .fakes import FakeEngine, JobContext, Outcome
+
+SLURM_IDS = {"backend": "slurm", "job_id": "105", "array_job_id": "100", "array_task_id": "1", "node": "node7"}
+
+
+def job(ctx: JobContext) -> Outcome:
+    (ctx.path("/envkit/output") / "metrics.json").write_text(json.dumps({"score": int(ctx.env["ENVKIT_SEED"])}))
+    return Outcome(0)
+
+
+class Submitted:
+    """A backend that only records the submission, so that a test can run the seeds as tasks would."""
+
+    name = "slurm"
+
+    def submit(self, sweep):
+        sweep.slurm = {"job_id": "100"}
+
+    def status(self, sweep):
+        return []
+
+
+@pytest.fixture()
+def submitted(tmp_path: Path):
+    """A sweep of 3 seeds submitted (not run) on the fake engine: its plan, snapshot and record in the store."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("pass\n")
+    engine = FakeEngine()
+    image = engine.add_image("img", job, repo_digests=("registry.example/cpu@sha256:" + "ab" * 32,))
+    store = FileStore(tmp_path / "store")
+    request = SweepRequest(run=RunRequest(script="train.py", image=image, project=project, trace="off"),
+                           seeds=[10, 11, 12], backend="slurm", wait=False)
+    outcome = start_sweep(engine, store, request, backend=Submitted())
+    return engine, store, outcome.sweep, image
+
+
+def test_a_task_records_its_slurm_ids_and_node_and_reports_its_run(submitted):
+    engine, store, sweep, _ = submitted
+    record = run_seed(engine, store, sweep, 1, scheduler=SLURM_IDS)
+    assert record.status == "succeeded" and record.seed == 11
+    assert record.scheduler == SLURM_IDS and record.sweep == {"id": sweep.sweep_id, "index": 1}
+    assert record.metrics == {"score": 11.0}
+    task = SweepStore(store.root).read_task(sweep.sweep_id, 1)
+    assert task["run_id"] == record.run_id and task["state"] == "succeeded" and task["node"] == "node7"
+    states = states_from_store(store, sweep)
+    assert [(s.state, s.node) for s in states] == [("pending", None), ("succeeded", "node7"), ("pending", None)]
+
+
+def test_a_node_without_the_image_pulls_it_by_digest_and_checks_it(submitted):
+    engine, store, sweep, image = submitted
+    digest = sweep.plan.image.digests[0]
+    engine.images.pop(image)
+    engine.registries["registry.example"] = {digest: image}
+    record = run_seed(engine, store, sweep, 0, scheduler=SLURM_IDS)
+    assert record.status == "succeeded" and record.image.id == image
+    assert f"image pulled by digest {digest}" in record.notes
+
+
+def test_a_node_that_cannot_get_the_image_says_how_to_and_makes_no_run(submitted):
+    engine, store, sweep, image = submitted
+    engine.images.pop(image)
+    engine.down.add("registry.example")
+    assert run_seed(engine, store, sweep, 2, scheduler=SLURM_IDS) is None
+    [state] = [s for s in states_from_store(store, sweep) if s.index == 2]
+    assert state.state == "failed" and state.run_id is None
+    assert "not on this node's Docker engine" in state.note and "does not answer" in state.note
+    assert store.list().runs == []
+
+
+def test_a_pulled_image_with_another_id_is_refused(submitted):
+    engine, store, sweep, image = submitted
+    digest = sweep.plan.image.digests[0]
+    engine.images.pop(image)
+    impostor = engine.add_image("impostor", job)
+    engine.registries["registry.example"] = {digest: impostor}
+    assert run_seed(engine, store, sweep, 0) is None
+    assert "pulled as image" in SweepStore(store.root).read_task(sweep.sweep_id, 0)["error"]
+
+
+def test_slurm_states_complete_what_the_store_knows(submitted, monkeypatch):
+    engine, store, sweep, _ = submitted
+    sweep.seeds, sweep.runs = [10, 11, 12, 13, 14], sweep.runs + [type(sweep.runs[0])(3, 13),
+                                                                 type(sweep.runs[0])(4, 14)]
+    backend = SlurmBackend(store)
+    running = run_seed(engine, store, sweep, 4, scheduler=SLURM_IDS)
+    running.status = "running"  # the task was killed before it could finish its record
+    store.write(running)
+    log_dir = SweepStore(store.root).layout(sweep.sweep_id).slurm
+    log_dir.mkdir()
+    (log_dir / "task-3.log").write_text("error: image sha256:1234 is not on this node's Docker engine\nhint: push\n")
+    answers = [slurm.TaskStatus(0, "PENDING", reason="Priority"), slurm.TaskStatus(1, "RUNNING", node="n1"),
+               slurm.TaskStatus(2, "CANCELLED"), slurm.TaskStatus(3, "FAILED", exit_code=1),
+               slurm.TaskStatus(4, "CANCELLED", node="node7")]
+    monkeypatch.setattr(slurm, "status", lambda job: answers)
+    states = backend.status(sweep)
+    assert [s.state for s in states] == ["pending", "running", "cancelled", "lost", "interrupted"]
+    assert states[0].note == "Slurm: PENDING (Priority)"
+    assert "is not on this node's Docker engine" in states[3].note
+    closed = store.read(running.run_id)
+    assert closed.status == "interrupted" and "Slurm ended the task (CANCELLED)" in closed.notes[-1]
+
+
+def test_slurm_memory_is_sbatch_mem_in_mib():
+    assert slurm_memory("4g") == "4096M" and slurm_memory("1000") == "1M" and slurm_memory(None) is None
+
+
+# --- the command line --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("argv", "words"), [
+    (["sweep", "--seeds", "9-0", "train.py"], "seed range '9-0' runs backwards"),
+    (["sweep", "--seeds", "0-3,x", "train.py"], "malformed seed list '0-3,x'"),
+    (["sweep", "--seeds", "0-3", "--n", "4", "train.py"], "--seeds and --n are both given"),
+    (["sweep", "train.py"], "no seeds given"),
+    (["sweep", "run", "--seeds", "1,1", "train.py"], "seed 1 is given twice"),
+])
+def test_a_malformed_seed_range_is_one_line_with_a_hint_and_exit_16(argv, words, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 16
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("error: ") and words in err[0] and err[1].startswith("hint: ")
+
+
+def test_sweep_commands_on_an_empty_store(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("ENVKIT_HOME", str(tmp_path / "store"))
+    assert main(["sweeps", "--json"]) == 0 and json.loads(capsys.readouterr().out) == []
+    assert main(["sweep", "show", "20261130T101500123Z-3f9a1c2b"]) == 36
+    assert main(["sweep", "status", "../../etc"]) == 16
+    assert "malformed sweep id" in capsys.readouterr().err
