@@ -212,6 +212,15 @@ def task_cmd(
     store_root: Path = typer.Option(..., "--store", help="The shared run store."),
 ) -> None:
     """Run one seed of a sweep here (what each Slurm array task runs on its node)."""
+    import signal
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # scancel's SIGTERM before the executor takes over its signals (it does while the container runs) unwinds
+    # like Ctrl-C, so that a container already created is removed; Python's default would end the process on
+    # the spot.
+    signal.signal(signal.SIGTERM, stop)
     from envkit.engine import connect
     from envkit.store.filestore import FileStore
     from envkit.store.record import REDACTED

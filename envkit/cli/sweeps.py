@@ -104,7 +104,7 @@ def print_report(store: Any, sweep: Any, json_out: bool, plot: Path | None, expl
         data.update(status=sweep.status, backend=sweep.backend, seeds=sweep.seeds, plot_note=plot_note,
                     slurm_job_id=(sweep.slurm or {}).get("job_id"))
         for row, run in zip(data["runs"], sweep.runs, strict=True):
-            row.update(state=run.state, node=run.node, exit_code=run.exit_code)
+            row.update(run_id=run.run_id, state=run.state, node=run.node, exit_code=run.exit_code)
         print_json(data)
         return
     typer.echo(report.render_text(summary, title=title), nl=False)

@@ -10,7 +10,8 @@ One :func:`execute` call is one run. Its order is what makes a record trustworth
 5. SIGINT / SIGTERM stop the container; whatever happens the container is removed, and the record ends in a final
    status (a container that cannot be created or started ends ``failed``, with the reason as a note);
 6. outputs (files created or changed in ``work/`` and everything under ``$ENVKIT_OUTPUT_DIR``) are hashed, the
-   bootstrap's per-process reports collected, and the final record written atomically.
+   job's metrics.json read (:mod:`envkit.store.metrics`), the bootstrap's per-process reports collected, and the
+   final record written atomically.
 
 Everything engine-side goes through :class:`envkit.engine.Engine`, so the whole sequence runs against a fake in unit
 tests.

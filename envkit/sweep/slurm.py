@@ -31,6 +31,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from envkit.errors import SlurmError
@@ -44,7 +45,11 @@ FINISHED_STATES = frozenset({
 })
 CONTEXT_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURMD_NODENAME")
 _HINT = "check the cluster with `sinfo` (it should list an idle node) and `squeue`; Slurm's logs say more"
-_SQUEUE_FORMAT = "%F|%K|%A|%T|%N|%r"
+_SQUEUE_FORMAT = "%F|%K|%A|%T|%N|%r|%e"
+# Slurm says CANCELLED as soon as scancel is called, while the task's processes may still be ending (they get
+# SIGTERM, then SIGKILL after KillWait, 30 s by default): only after this long, or once the task's exit marker
+# exists, are they surely gone.
+KILL_GRACE_S = 90.0
 
 
 @dataclass(frozen=True)
@@ -87,26 +92,40 @@ class TaskStatus:
     reason: str | None = None  # why it pends or failed, as squeue says it
     source: str = "squeue"  # "squeue" or "marker": where the state was read
     extra: Mapping[str, str] = field(default_factory=dict)
+    ended: float | None = None  # when Slurm ended it (squeue's end time, seconds since the epoch)
 
     @property
     def finished(self) -> bool:
-        """Whether the task is over (successfully or not)."""
+        """Whether Slurm counts the task as over (successfully or not); its processes may still be ending."""
         return self.state in FINISHED_STATES
+
+    def processes_gone(self, now: float | None = None) -> bool:
+        """Whether the task's processes have surely ended: its exit marker is written (the script writes it once
+        the command has exited), Slurm has forgotten the job (MinJobAge after its end), or it ended more than
+        :data:`KILL_GRACE_S` ago (SIGKILL came long since)."""
+        if not self.finished:
+            return False
+        if self.exit_code is not None or self.source == "marker":
+            return True
+        return self.ended is not None and (now if now is not None else time.time()) - self.ended > KILL_GRACE_S
 
 
 def render_script(tasks: Sequence[str | Sequence[str]], output_dir: Path) -> str:
     """The batch script: runs task ``SLURM_ARRAY_TASK_ID``'s command and writes its start and exit markers.
 
     Args:
-        tasks: per task, an argv list (quoted here) or a shell command line (used as written).
+        tasks: per task, an argv list (quoted and exec'd) or a shell command line (used as written, in a subshell).
         output_dir: where the markers go; it must be shared with the submitting host.
     """
     out = shlex.quote(str(output_dir))
     cases = "\n".join(
-        f"  {i}) {cmd if isinstance(cmd, str) else shlex.join(cmd)} ;;" for i, cmd in enumerate(tasks)
+        f"  {i}) {cmd if isinstance(cmd, str) else 'exec ' + shlex.join(cmd)} ;;" for i, cmd in enumerate(tasks)
     )
     # The command runs in the background and the shell waits, so that scancel's SIGTERM reaches the trap at once
-    # (bash defers traps until a foreground child ends) and is passed on to the command.
+    # (bash defers traps until a foreground child ends) and is passed on to the command. The trap waits until the
+    # command is really gone (a second SIGTERM, which Slurm sends to every process of the job, cuts a `wait`
+    # short): the exit marker must mean that nothing of the task still writes. An argv command is exec'd, so that
+    # the background job's PID is the command's own and the signal reaches it, not a subshell around it.
     return f"""#!/bin/bash
 # envkit array job: {len(tasks)} task(s); task I runs the command of case I.
 set -u
@@ -122,7 +141,8 @@ case "$i" in
 esac
 }}
 run_task & child=$!
-trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; mark signal TERM; mark exit 143; exit 143' TERM INT
+trap 'kill -TERM "$child" 2>/dev/null; while kill -0 "$child" 2>/dev/null; do wait "$child"; done; \
+mark signal TERM; mark exit 143; exit 143' TERM INT
 wait "$child"; code=$?
 mark exit "$code"
 exit "$code"
@@ -186,11 +206,11 @@ def status(job: ArrayJob) -> list[TaskStatus]:
     seen: dict[int, TaskStatus] = {}
     for line in _squeue(job.job_id).splitlines():
         parts = line.strip().split("|")
-        if len(parts) != 6 or parts[0] != job.job_id or not parts[1].isdigit():
+        if len(parts) != 7 or parts[0] != job.job_id or not parts[1].isdigit():
             continue
         index, state = int(parts[1]), parts[3].split()[0].rstrip("+")
         seen[index] = TaskStatus(index, state, node=parts[4] or None, slurm_job_id=parts[2],
-                                 reason=None if parts[5] in ("", "None") else parts[5])
+                                 reason=None if parts[5] in ("", "None") else parts[5], ended=_epoch(parts[6]))
     return [_with_marker(job, i, seen.get(i)) for i in range(job.n_tasks)]
 
 
@@ -199,7 +219,8 @@ def _with_marker(job: ArrayJob, index: int, task: TaskStatus | None) -> TaskStat
     start = _read_start(job.output_dir / f"task-{index}.start")
     if task is not None:
         node = task.node or start.get("node")
-        return TaskStatus(index, task.state, exit_code, node, task.slurm_job_id, task.reason, "squeue", start)
+        return TaskStatus(index, task.state, exit_code, node, task.slurm_job_id, task.reason, "squeue", start,
+                          task.ended)
     # Slurm no longer lists it (MinJobAge passed): the markers decide. A task stopped by SIGTERM (scancel, or its
     # time limit) left a signal marker beside its exit code.
     if (job.output_dir / f"task-{index}.signal").exists():
@@ -335,6 +356,14 @@ def _message(text: str) -> str:
     # verdict, the earlier ones the detail; keep both, prefixes removed.
     cleaned = [line.split("error:", 1)[-1].strip() for line in lines[-2:]]
     return "; ".join(dict.fromkeys(cleaned))
+
+
+def _epoch(text: str) -> float | None:
+    """squeue's end time (``2026-11-30T22:13:00``, local time) as seconds since the epoch; None when unknown."""
+    try:
+        return datetime.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError:
+        return None
 
 
 def _read_exit(path: Path) -> int | None:

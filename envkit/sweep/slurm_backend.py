@@ -10,7 +10,9 @@ array job and task ids and node name. The array asks for ``--cpus-per-task`` = t
 A seed's state is the run's record once it exists; before, and when a task ends without finishing its record
 (scancel's SIGKILL after its grace period, a node failure, a time limit), Slurm's state (``squeue``, else the
 task's exit marker) decides, and such a record is closed as ``interrupted`` (cancelled, timed out, preempted) or
-``failed``, with Slurm's state as a note.
+``failed``, with Slurm's state as a note. Slurm says CANCELLED the moment scancel is called, while the task's envkit
+is still stopping its container and writing its record; so a record is only ever closed here once the task's
+processes are surely gone (:meth:`envkit.sweep.slurm.TaskStatus.processes_gone`), never beside a live writer.
 """
 
 from __future__ import annotations
@@ -94,27 +96,34 @@ class SlurmBackend:
         for state, task in zip(states, tasks, strict=True):
             state.node = state.node or task.node
             if not task.finished:
-                if state.state == "pending" and task.state == "RUNNING":
+                if state.state == "pending" and task.state in ("RUNNING", "COMPLETING"):
                     state.state = "running"  # the task is up and starting envkit
                 elif state.state == "pending" and task.reason:
                     state.note = f"Slurm: {task.state} ({task.reason})"
                 continue
-            if state.state == "pending":
+            started = bool(task.extra)  # the task's start marker: its script ran on a node
+            if state.state not in ("pending", "running"):
+                continue
+            if started and not task.processes_gone():
+                # Slurm says CANCELLED the moment scancel is called; the task's envkit is still stopping its
+                # container and closing its record. It is finished when it has.
+                state.state, state.note = "running", f"Slurm: {task.state}; the task is ending"
+            elif state.run_id is not None and task.state == "COMPLETED":
+                # envkit exited 0: it wrote the final record, which this host's view of the shared filesystem
+                # does not show yet (NFS attribute caching). Never close it from here.
+                state.state, state.note = "running", "Slurm: COMPLETED; waiting for the run's record to show"
+            elif state.run_id is None:
                 why = f"Slurm: {task.state}" + (f", exit {task.exit_code}" if task.exit_code is not None else "")
-                tail = _log_tail(job.log_path(state.index))
+                tail = _log_tail(job.log_path(state.index)) if started else ""
                 state.state = "cancelled" if task.state == "CANCELLED" else "lost"
                 state.note = why + (f": {tail}" if tail else "")
-            elif state.state == "running":
+            else:
                 self._close(state, task)
         return states
 
     def _close(self, state: TaskState, task: slurm.TaskStatus) -> None:
-        """A task Slurm says is over whose run still reads ``running``: the task died before it could finish the
-        record. Close the record (unless Slurm says COMPLETED: the record is then only not visible here yet)."""
-        if task.state == "COMPLETED" or state.run_id is None:
-            if state.run_id is None:
-                state.state, state.note = "lost", f"Slurm: {task.state} before the run was created"
-            return
+        """A task whose processes are gone while its run still reads ``running``: it died before it could finish
+        the record (SIGKILL after scancel's grace period, a node failure). Close the record."""
         try:
             record = self.store.read(state.run_id)
         except Exception:  # noqa: BLE001 - a record that cannot be read stays as it is; the seed is lost

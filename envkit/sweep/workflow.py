@@ -35,7 +35,7 @@ from envkit.sweep.parallel import bound_parallel, parse_size
 from envkit.sweep.slurm import SlurmOptions
 from envkit.sweep.task import plan_of
 
-CANCEL_SETTLE_S = 90.0  # after a cancel, how long to wait for the runs to write their final records
+CANCEL_SETTLE_S = 120.0  # after a cancel, how long to wait for the runs to write their final records
 
 
 @dataclass

@@ -4,6 +4,7 @@ states, and the command line's bad input: one line, a hint, envkit's exit code."
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -100,25 +101,40 @@ def test_a_pulled_image_with_another_id_is_refused(submitted):
 
 def test_slurm_states_complete_what_the_store_knows(submitted, monkeypatch):
     engine, store, sweep, _ = submitted
-    sweep.seeds, sweep.runs = [10, 11, 12, 13, 14], sweep.runs + [type(sweep.runs[0])(3, 13),
-                                                                 type(sweep.runs[0])(4, 14)]
+    run_type = type(sweep.runs[0])
+    sweep.seeds = [10, 11, 12, 13, 14, 15, 16]
+    sweep.runs += [run_type(i, 10 + i) for i in range(3, 7)]
     backend = SlurmBackend(store)
-    running = run_seed(engine, store, sweep, 4, scheduler=SLURM_IDS)
-    running.status = "running"  # the task was killed before it could finish its record
-    store.write(running)
+    unfinished = {}
+    for index in (4, 5, 6):  # runs whose task ended (or is ending) before their record was closed
+        record = run_seed(engine, store, sweep, index, scheduler=SLURM_IDS)
+        record.status = "running"
+        store.write(record)
+        unfinished[index] = record.run_id
     log_dir = SweepStore(store.root).layout(sweep.sweep_id).slurm
     log_dir.mkdir()
     (log_dir / "task-3.log").write_text("error: image sha256:1234 is not on this node's Docker engine\nhint: push\n")
+    started = {"node": "node7"}
+    now = time.time()
     answers = [slurm.TaskStatus(0, "PENDING", reason="Priority"), slurm.TaskStatus(1, "RUNNING", node="n1"),
-               slurm.TaskStatus(2, "CANCELLED"), slurm.TaskStatus(3, "FAILED", exit_code=1),
-               slurm.TaskStatus(4, "CANCELLED", node="node7")]
+               slurm.TaskStatus(2, "CANCELLED", ended=now),  # cancelled before it started
+               slurm.TaskStatus(3, "FAILED", exit_code=1, extra=started, ended=now),
+               slurm.TaskStatus(4, "CANCELLED", exit_code=143, extra=started, ended=now),  # its script has exited
+               slurm.TaskStatus(5, "CANCELLED", extra=started, ended=now),  # its envkit is still closing the run
+               slurm.TaskStatus(6, "COMPLETED", exit_code=0, extra=started, ended=now)]
     monkeypatch.setattr(slurm, "status", lambda job: answers)
     states = backend.status(sweep)
-    assert [s.state for s in states] == ["pending", "running", "cancelled", "lost", "interrupted"]
+    assert [s.state for s in states] == ["pending", "running", "cancelled", "lost", "interrupted", "running",
+                                         "running"]
     assert states[0].note == "Slurm: PENDING (Priority)"
     assert "is not on this node's Docker engine" in states[3].note
-    closed = store.read(running.run_id)
+    closed = store.read(unfinished[4])
     assert closed.status == "interrupted" and "Slurm ended the task (CANCELLED)" in closed.notes[-1]
+    assert store.read(unfinished[5]).status == "running" and "the task is ending" in states[5].note
+    assert store.read(unfinished[6]).status == "running"  # exit 0: the record is final, only not visible yet
+    # SIGKILL after the grace period left no exit marker: long after the end, the record is closed.
+    answers[5] = slurm.TaskStatus(5, "CANCELLED", extra=started, ended=now - slurm.KILL_GRACE_S - 1)
+    assert backend.status(sweep)[5].state == "interrupted" and store.read(unfinished[5]).status == "interrupted"
 
 
 def test_slurm_memory_is_sbatch_mem_in_mib():
