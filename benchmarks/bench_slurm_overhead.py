@@ -13,7 +13,8 @@ writes metrics.json) in the same image, from the submitting command to the repor
 
 The overhead per task is the extra wall time, shared out over the tasks each slot ran: (T_slurm - T_local) * P / N.
 It includes Slurm's scheduling passes (the one-node test cluster schedules at once on submit and when a task ends),
-the batch script and its markers, envkit's start on the node, and polling (every 2 s). Goal: under 1 s.
+the batch script and its markers, envkit's start on the node (`python -m envkit.sweep.node`), and polling (every
+0.5 s at first). Goal: under 1 s.
 
 ``--raw`` compares Slurm alone: N copies of one command as an array against a pool of P threads running it
 directly (`--command docker`: `docker run --rm <base image> python3 -c pass`; `true`: nothing).
@@ -93,7 +94,7 @@ def sweeps(args: argparse.Namespace) -> tuple[list[float], list[float]]:
 
 def raw(args: argparse.Namespace) -> tuple[list[float], list[float]]:
     command = ["true"] if args.command == "true" else [
-        "docker", "run", "--rm", "--init", "--network", "none", "--label", "io.envkit.test=1", BASE_IMAGE,
+        "docker", "run", "--rm", "--init", "--network", "none", BASE_IMAGE,
         "python3", "-c", "pass"]
     subprocess.run(command, check=True, capture_output=True, timeout=300)
     direct, slurm = [], []

@@ -76,12 +76,13 @@ def main() -> None:
     last = args.seeds - 1
     ours = [sys.executable, "-m", "envkit", "sweep", "--seeds", f"0-{last}", "--parallel", str(args.parallel),
             "--image", image, "--json", "job.py"]
+    # --rm and no label: test sessions on a shared engine remove labelled test containers when they end.
     plain = (f"seq 0 {last} | xargs -P {args.parallel} -I{{}} docker run --rm --network none "
-             f"--label io.envkit.test=1 -e SEED={{}} -v {project}:/work -w /work {image} python job.py")
+             f"-e SEED={{}} -v {project}:/work -w /work {image} python job.py")
     try:
         # Warm-up: the store's first run probes the image's software once (cached); the image in the page cache.
         timed([*ours[:5], "0", *ours[6:]], project, env)
-        timed(f"docker run --rm --network none --label io.envkit.test=1 {image} python -c pass", project, env, True)
+        timed(f"docker run --rm --network none {image} python -c pass", project, env, True)
         mine, theirs = [], []
         began = time.monotonic()
         for i in range(args.rounds):

@@ -31,7 +31,7 @@ from envkit.injob.state import (  # noqa: F401 - re-exported: the one definition
 ENV_HOME = "ENVKIT_HOME"  # the run store; default ./.envkit in the project folder
 ENV_CACHE = "ENVKIT_CACHE"  # wheel cache and base-image build cache; default ~/.cache/envkit
 ENV_DEBUG = "ENVKIT_DEBUG"  # "1": the CLI shows tracebacks
-ENV_SLURM_ENVKIT = "ENVKIT_SLURM_ENVKIT"  # how Slurm nodes run envkit (default: the submitting Python, -m envkit)
+ENV_SLURM_PYTHON = "ENVKIT_SLURM_PYTHON"  # the Python with envkit on Slurm nodes (default: the submitting one's path)
 
 CPU_PROFILES = ("native", "portable")
 DEFAULT_CPU_PROFILE = "native"

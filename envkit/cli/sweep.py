@@ -22,7 +22,8 @@ from envkit.cli.run import _gpus, _parse_env, _trace
 from envkit.errors import EXIT_SWEEP_RUNS_FAILED, ProjectConfigError
 from envkit.settings import CPU_PROFILES, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE, DETERMINISM_LEVELS
 
-SUBCOMMANDS_HELP = "Start a sweep: envkit sweep --seeds 0-9 [OPTIONS] SCRIPT [ARGS]. Also: show, status, compare, cancel."
+SUBCOMMANDS_HELP = ("Seed sweeps. Start one with `envkit sweep --seeds 0-9 [OPTIONS] SCRIPT [ARGS]` (the same as "
+                    "`envkit sweep run ...`); then show, status, compare, cancel. `envkit sweeps` lists them.")
 
 
 class _SweepGroup(TyperGroup):
@@ -211,40 +212,17 @@ def task_cmd(
     index: int = typer.Argument(..., min=0),
     store_root: Path = typer.Option(..., "--store", help="The shared run store."),
 ) -> None:
-    """Run one seed of a sweep here (what each Slurm array task runs on its node)."""
-    import signal
+    """Run one seed of a sweep here (what a Slurm array task runs; `python -m envkit.sweep.node` is the same)."""
+    from envkit.sweep.node import exit_code as task_exit_code
+    from envkit.sweep.node import run_task, stop_on_sigterm
 
-    def stop(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    # scancel's SIGTERM before the executor takes over its signals (it does while the container runs) unwinds
-    # like Ctrl-C, so that a container already created is removed; Python's default would end the process on
-    # the spot.
-    signal.signal(signal.SIGTERM, stop)
-    from envkit.engine import connect
-    from envkit.store.filestore import FileStore
-    from envkit.store.record import REDACTED
-    from envkit.store.sweeps import SweepStore
-    from envkit.sweep.slurm import slurm_context
-    from envkit.sweep.task import run_seed
-
-    store = FileStore(store_root)
-    sweep = SweepStore(store_root).read(sweep_id)
-    if index >= len(sweep.seeds):
-        raise typer.BadParameter(f"sweep {sweep_id} has {len(sweep.seeds)} seeds", param_hint="INDEX")
-    secrets = {k: os.environ[k] for k, v in sweep.plan.env.items() if v == REDACTED and k in os.environ}
-    context = slurm_context() or {}
-    scheduler = {"backend": "slurm", "job_id": context.get("SLURM_JOB_ID", ""),
-                 "array_job_id": context.get("SLURM_ARRAY_JOB_ID", ""),
-                 "array_task_id": context.get("SLURM_ARRAY_TASK_ID", ""),
-                 "node": context.get("SLURMD_NODENAME", "")} if context else None
-    record = run_seed(connect(), store, sweep, index, secrets=secrets, scheduler=scheduler)
+    stop_on_sigterm()
+    record, reason = run_task(store_root, sweep_id, index)
     if record is None:
-        reason = SweepStore(store_root).read_task(sweep_id, index).get("error", "no run was made")
-        err_console.print(f"error: seed {sweep.seeds[index]} of sweep {sweep_id}: {reason}", highlight=False)
+        err_console.print(f"error: seed number {index} of sweep {sweep_id}: {reason}", highlight=False)
         raise typer.Exit(1)
     typer.echo(f"seed {record.seed}: run {record.run_id} {record.status}, exit {record.exit_code}")
-    raise typer.Exit(130 if record.status == "interrupted" else (record.exit_code or 0))
+    raise typer.Exit(task_exit_code(record))
 
 
 def run_on_slurm(request: Any, options: Any, json_out: bool) -> int:
@@ -259,10 +237,13 @@ def run_on_slurm(request: Any, options: Any, json_out: bool) -> int:
 
     store = FileStore(store_dir())
     sweep_request = SweepRequest(run=request, seeds=[request.seed], backend="slurm", slurm=options, single=True)
-    with SeedProgress(enabled=False) as progress:
-        outcome = start_sweep(connect(), store, sweep_request, on_progress=progress.update, on_submitted=None if json_out
-                              else lambda s: err_console.print(f"submitted as Slurm job {s.slurm['job_id']} "
-                                                               f"(sweep {s.sweep_id})", highlight=False))
+
+    def submitted(sweep: Any) -> None:
+        if not json_out:
+            err_console.print(f"submitted as Slurm job {sweep.slurm['job_id']} (sweep {sweep.sweep_id})",
+                              highlight=False)
+
+    outcome = start_sweep(connect(), store, sweep_request, on_submitted=submitted)
     state = outcome.states[0]
     if state.run_id is None:
         log = SweepStore(store.root).layout(outcome.sweep.sweep_id).slurm / "task-0.log"

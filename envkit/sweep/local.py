@@ -6,7 +6,8 @@ own record. The image is resolved and the host fingerprinted once for all seeds,
 Stopping. The executor stops a container on SIGINT only in the main thread; here the main thread waits, and on
 Ctrl-C calls :meth:`LocalBackend.cancel`, which stops every container the sweep created (through a thin proxy of
 the engine that remembers them), lets no further seed start, and waits (bounded) for the running seeds to write
-their final records, as ``interrupted``. A container created in the instant of the cancel is never started (a start and a cancel take the same lock).
+their final records, as ``interrupted``. A container created in the instant of the cancel is never started (a
+start and a cancel take the same lock).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The Slurm backend: a sweep as ONE job array whose task I runs seed number I on its node.
 
-Each task runs ``envkit sweep _task --store STORE SWEEP_ID I`` (:func:`envkit.sweep.task.run_seed` on the node):
-the sweep's plan and its frozen project snapshot are read from the store, which must be on a filesystem every node
-shares with the submitting host; the image is the plan's, by image ID (loaded on the node) or pulled by registry
+Each task runs ``python -m envkit.sweep.node --store STORE SWEEP_ID I`` (:func:`envkit.sweep.task.run_seed` on the
+node, without the command line's start-up cost): the sweep's plan and its frozen project snapshot are read from the
+store, which must be on a filesystem every node shares with the submitting host; the image is the plan's, by image ID (loaded on the node) or pulled by registry
 digest (and checked against the ID); the run's record goes into that shared store with the task's Slurm job id,
 array job and task ids and node name. The array asks for ``--cpus-per-task`` = the run's threads and ``--mem`` = its
 ``--memory``, so that Slurm packs tasks onto the nodes; the user's own sbatch arguments come after and win.
@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from envkit.errors import SlurmError
-from envkit.settings import ENV_SLURM_ENVKIT
+from envkit.settings import ENV_SLURM_PYTHON
 from envkit.store.filestore import FileStore
 from envkit.store.sweeps import SweepRecord, SweepStore
 from envkit.sweep import slurm
@@ -36,10 +36,9 @@ STOPPED = {"CANCELLED": "interrupted", "TIMEOUT": "interrupted", "PREEMPTED": "i
 _LOG_TAIL = 400
 
 
-def envkit_command() -> list[str]:
-    """How a node runs envkit: ``$ENVKIT_SLURM_ENVKIT`` (split on spaces), else this Python with ``-m envkit``."""
-    configured = os.environ.get(ENV_SLURM_ENVKIT, "").split()
-    return configured or [sys.executable, "-m", "envkit"]
+def task_command() -> list[str]:
+    """What a task runs on its node: ``$ENVKIT_SLURM_PYTHON`` (else this Python) ``-m envkit.sweep.node``."""
+    return [os.environ.get(ENV_SLURM_PYTHON) or sys.executable, "-m", "envkit.sweep.node"]
 
 
 def slurm_memory(docker_size: str | None) -> str | None:
@@ -60,13 +59,14 @@ class SlurmBackend:
             sweep.
         secrets: values of the plan's redacted variables: they reach the tasks through sbatch's environment
             (which Slurm hands to every task), never through a file of the store.
-        poll: seconds between squeue polls while waiting.
+        poll: the longest wait between squeue polls: they start at half a second (a short sweep ends when its
+            last task does, not up to a poll later) and slow down by a second a minute up to this.
     """
 
     name = "slurm"
 
     def __init__(self, store: FileStore, options: slurm.SlurmOptions | None = None,
-                 secrets: Mapping[str, str] | None = None, poll: float = 2.0) -> None:
+                 secrets: Mapping[str, str] | None = None, poll: float = 5.0) -> None:
         self.store = store
         self.secrets = dict(secrets or {})
         self.sweeps = SweepStore(store.root, store.durable)
@@ -74,7 +74,7 @@ class SlurmBackend:
         self.poll = poll
 
     def submit(self, sweep: SweepRecord) -> None:
-        command = [*envkit_command(), "sweep", "_task", "--store", str(self.store.root.absolute()), sweep.sweep_id]
+        command = [*task_command(), "--store", str(self.store.root.absolute()), sweep.sweep_id]
         options = replace(self.options, parallel=sweep.parallel, job_name=f"envkit-{sweep.sweep_id[-8:]}",
                           cpus_per_task=sweep.plan.threads, mem=slurm_memory(sweep.plan.memory))
         job = slurm.submit_array([[*command, str(i)] for i in range(len(sweep.seeds))],
@@ -138,7 +138,9 @@ class SlurmBackend:
     def wait(self, sweep: SweepRecord, on_progress: Progress | None = None) -> list[TaskState]:
         last = None
         failures = 0
+        began = time.monotonic()
         while True:
+            pause = min(self.poll, 0.5 + (time.monotonic() - began) / 60)
             try:
                 states = self.status(sweep)
                 failures = 0
@@ -155,7 +157,7 @@ class SlurmBackend:
             last = key
             if all(s.finished for s in states):
                 return states
-            time.sleep(self.poll)
+            time.sleep(pause)
 
     def cancel(self, sweep: SweepRecord) -> None:
         slurm.cancel(self.job(sweep).job_id)

@@ -126,7 +126,8 @@ class Comparison:
 
 
 def goal_of(name: str) -> str:
-    """``"min"`` for a metric whose name reads as a cost (``val_loss``, ``test/error``, ``stepTime``), else ``"max"``."""
+    """``"min"`` for a metric whose name reads as a cost (``val_loss``, ``test/error``, ``stepTime``); else
+    ``"max"``."""
     words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower())
     return "min" if _COST_WORDS.intersection(words) else "max"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import statistics
 import struct
@@ -23,34 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import envkit
+from .conftest import ROOT, envkit
 from .test_slurm import slurm_reason
 
 pytestmark = [pytest.mark.docker, pytest.mark.slurm, pytest.mark.slow]
 
-TRAIN = '''"""A small seeded training: an MLP on a fixed synthetic task; the seed changes the init and the batches."""
-import json, os, sys
-import torch
-
-lr = float(sys.argv[1])
-g = torch.Generator().manual_seed(1234)
-x = torch.randn(512, 8, generator=g)
-y = (x[:, :4].sum(1) > 0).long()
-model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-opt = torch.optim.SGD(model.parameters(), lr=lr)
-for step in range(60):
-    idx = torch.randint(0, 512, (64,))
-    loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-    opt.zero_grad(); loss.backward(); opt.step()
-with torch.no_grad():
-    logits = model(x)
-    metrics = {"final_loss": torch.nn.functional.cross_entropy(logits, y).item(),
-               "accuracy": (logits.argmax(1) == y).float().mean().item()}
-out = os.environ["ENVKIT_OUTPUT_DIR"]
-torch.save(model.state_dict(), os.path.join(out, "model.pt"))
-json.dump(metrics, open(os.path.join(out, "metrics.json"), "w"))
-print(metrics)
-'''
 
 FLAKY = '''import os, sys, time
 seed = int(os.environ["ENVKIT_SEED"])
@@ -73,7 +51,7 @@ def _need_slurm():
 def project(session_dir) -> dict:
     p = session_dir / "sweep-project"
     p.mkdir()
-    (p / "train.py").write_text(TRAIN)
+    shutil.copy(ROOT / "examples" / "sweep_train.py", p / "train.py")
     (p / "flaky.py").write_text(FLAKY)
     return {"path": p, "env": {"ENVKIT_HOME": str(session_dir / "sweep-store")}}
 
@@ -97,12 +75,13 @@ def record(project: dict, run_id: str) -> dict:
 @pytest.fixture(scope="module")
 def slurm_sweep(project, cpu_lock, cpu_image) -> dict:
     return cli_json(project, "sweep", "--seeds", "0-3", "--backend", "slurm", "--parallel", "2", "--lock",
-                    str(cpu_lock), "train.py", "0.05")
+                    str(cpu_lock), "train.py", "--lr", "0.05")
 
 
 @pytest.fixture(scope="module")
 def local_sweep(project, cpu_image) -> dict:
-    return cli_json(project, "sweep", "--seeds", "0-3", "--parallel", "2", "--image", cpu_image, "train.py", "0.05")
+    return cli_json(project, "sweep", "--seeds", "0-3", "--parallel", "2", "--image", cpu_image, "train.py", "--lr",
+                    "0.05")
 
 
 def test_a_slurm_sweep_gives_four_records_with_distinct_outputs_and_their_slurm_ids(project, slurm_sweep):
@@ -165,8 +144,8 @@ def test_the_same_sweep_runs_locally_with_the_same_bits_per_seed(project, slurm_
 
 
 def test_compare_tells_a_learning_rate_change_from_the_same_job_on_other_seeds(project, cpu_image, local_sweep):
-    other_seeds = cli_json(project, "sweep", "--seeds", "4-7", "--image", cpu_image, "train.py", "0.05")
-    faster = cli_json(project, "sweep", "--seeds", "0-3", "--image", cpu_image, "train.py", "0.5")
+    other_seeds = cli_json(project, "sweep", "--seeds", "4-7", "--image", cpu_image, "train.py", "--lr", "0.05")
+    faster = cli_json(project, "sweep", "--seeds", "0-3", "--image", cpu_image, "train.py", "--lr", "0.5")
     same = cli_json(project, "sweep", "compare", local_sweep["sweep_id"], other_seeds["sweep_id"])
     changed = cli_json(project, "sweep", "compare", local_sweep["sweep_id"], faster["sweep_id"])
     assert same["method"].startswith("Welch's t-test")

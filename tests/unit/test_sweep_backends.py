@@ -162,3 +162,12 @@ def test_sweep_commands_on_an_empty_store(capsys, tmp_path, monkeypatch):
     assert main(["sweep", "show", "20261130T101500123Z-3f9a1c2b"]) == 36
     assert main(["sweep", "status", "../../etc"]) == 16
     assert "malformed sweep id" in capsys.readouterr().err
+
+
+def test_the_node_entry_point_reports_a_bad_sweep_as_the_cli_would(tmp_path, capsys):
+    from envkit.sweep.node import main as node_main
+
+    assert node_main(["--store", str(tmp_path), "../etc", "0"]) == 16
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: malformed sweep id") and err[1].startswith("hint: ")
+    assert node_main(["--store", str(tmp_path), "20261130T101500123Z-3f9a1c2b", "0"]) == 36

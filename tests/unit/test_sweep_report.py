@@ -8,8 +8,7 @@ import sys
 import pytest
 
 from envkit.errors import SweepError
-from envkit.sweep.report import (comparison_to_dict, plot, plot_unavailable, render_comparison_text, render_text,
-                                 to_dict)
+from envkit.sweep.report import comparison_to_dict, plot, plot_unavailable, render_comparison_text, render_text, to_dict
 from envkit.sweep.stats import compare, summarize
 
 RUNS = [

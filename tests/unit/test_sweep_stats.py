@@ -5,8 +5,7 @@ import statistics
 
 import pytest
 
-from envkit.sweep.stats import (CANNOT, LARGER, METHOD, UNDECIDED, WITHIN, RunMetrics, compare, goal_of,
-                                summarize)
+from envkit.sweep.stats import CANNOT, LARGER, METHOD, UNDECIDED, WITHIN, RunMetrics, compare, goal_of, summarize
 
 A = [0.912, 0.905, 0.921, 0.899, 0.915, 0.908, 0.917, 0.902]
 B = [0.931, 0.925, 0.940, 0.919, 0.936, 0.928]
