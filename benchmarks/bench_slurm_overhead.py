@@ -138,11 +138,14 @@ def main() -> None:
     if not base:
         raise SystemExit("no round ran")
     t_base, t_slurm = statistics.median(base), statistics.median(slurm)
+    paired = statistics.median((s - b) * args.parallel / args.seeds for s, b in zip(slurm, base, strict=True))
     name = "direct (thread pool)" if args.raw else "local backend"
     print(f"  {name + ':':<22} {t_base:7.2f} s   median of {len(base)} rounds")
     print(f"  {'slurm job array:':<22} {t_slurm:7.2f} s")
     print(f"  ratio slurm / {'direct' if args.raw else 'local'}: {t_slurm / t_base:7.2f}x")
-    print(f"  overhead per task:     {(t_slurm - t_base) * args.parallel / args.seeds:+7.2f} s   (goal: under 1 s)")
+    print(f"  overhead per task:     {(t_slurm - t_base) * args.parallel / args.seeds:+7.2f} s   (goal: under 1 s); "
+          f"per round, median {paired:+.2f} s")
+    print(f"  load average at the end: {os.getloadavg()[0]:.1f} (other work on this machine slows both)")
 
 
 if __name__ == "__main__":

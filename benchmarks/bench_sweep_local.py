@@ -93,12 +93,15 @@ def main() -> None:
             mine.append(timed(ours, project, env))
             print(f"round {i + 1}: docker run loop {theirs[-1]:.2f} s, envkit sweep {mine[-1]:.2f} s", flush=True)
         o, p = statistics.median(mine), statistics.median(theirs)
+        paired = statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
         print(f"\n{args.seeds} seeds of a {args.seconds:g} s CPU job, {args.parallel} at a time, median of "
               f"{len(mine)} rounds (image {image[:19]}, {os.cpu_count()} cores)")
-        print(f"  shell loop of docker run:  {p:7.2f} s")
-        print(f"  envkit sweep (local):      {o:7.2f} s")
-        print(f"  ratio envkit / loop:       {o / p:7.2f}x   (goal: at most 1.25x)")
+        print(f"  shell loop of docker run:  {p:7.2f} s   (fastest {min(theirs):.2f} s)")
+        print(f"  envkit sweep (local):      {o:7.2f} s   (fastest {min(mine):.2f} s)")
+        print(f"  ratio envkit / loop:       {o / p:7.2f}x   (goal: at most 1.25x); per round, median "
+              f"{paired:.2f}x; fastest against fastest {min(mine) / min(theirs):.2f}x")
         print(f"  added per run:             {(o - p) * args.parallel / args.seeds:+7.2f} s")
+        print(f"  load average at the end:   {os.getloadavg()[0]:.1f} (other work on this machine slows both)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

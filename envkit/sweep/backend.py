@@ -70,21 +70,34 @@ class Backend(Protocol):
         """Stop every seed: a pending one never starts, a running one is stopped and recorded ``interrupted``."""
 
 
-def states_from_store(store: FileStore, sweep: SweepRecord) -> list[TaskState]:
+def states_from_store(store: FileStore, sweep: SweepRecord,
+                      known: dict[int, TaskState] | None = None) -> list[TaskState]:
     """Each seed's state as the store knows it: the task's report, and the run's own record once it exists.
 
     A seed with no report yet is ``pending``; a report without a run is the task's own word (``running`` while it
-    sets up, ``failed`` with the reason when no run could be made); a run's record decides once there is one.
+    sets up, ``failed`` with the reason when no run could be made). Once there is a run, a final state in the report
+    (written after the run's last record write) decides; while the report says ``running``, the record does (a
+    follower may have closed it after its task died).
+
+    Args:
+        known: states from an earlier call; a finished one is not read again (a poll reads only what can change).
     """
     sweeps = SweepStore(store.root)
     states = []
     for index, seed in enumerate(sweep.seeds):
+        if known is not None and index in known and known[index].finished:
+            states.append(known[index])
+            continue
         task = sweeps.read_task(sweep.sweep_id, index)
         state = TaskState(index, seed, node=_text(task.get("node")), note=_text(task.get("error")))
         run_id = _text(task.get("run_id"))
         if task.get("state") in ("running", "failed") and run_id is None:
             state.state = task["state"]
-        if run_id is not None:
+        if run_id is not None and task.get("state") in FINISHED_STATES:
+            code = task.get("exit_code")
+            state.run_id, state.state = run_id, task["state"]
+            state.exit_code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        elif run_id is not None:
             state.run_id = run_id
             try:
                 record = store.read(run_id)

@@ -3,6 +3,11 @@
 Each seed runs in a worker thread through :func:`envkit.sweep.task.run_seed`, so each is an ordinary run with its
 own record. The image is resolved and the host fingerprinted once for all seeds, not per run.
 
+At most ``sweep.parallel`` containers run at once, but twice as many workers prepare runs: the next seeds' run
+folders, snapshots and first records are made while containers run, and a finished run's outputs are hashed and its
+record written while the next container already runs. A run waits for a free slot only with everything ready (a
+container start takes one; its end gives it back), and that wait is not counted in its run time.
+
 Stopping. The executor stops a container on SIGINT only in the main thread; here the main thread waits, and on
 Ctrl-C calls :meth:`LocalBackend.cancel`, which stops every container the sweep created (through a thin proxy of
 the engine that remembers them), lets no further seed start, and waits (bounded) for the running seeds to write
@@ -53,25 +58,31 @@ class LocalBackend:
         self._engine = _StoppableEngine(engine)
         self._pool: cf.ThreadPoolExecutor | None = None
         self._futures: list[cf.Future] = []
+        self._known: dict[int, TaskState] = {}
 
     def submit(self, sweep: SweepRecord) -> None:
-        self._pool = cf.ThreadPoolExecutor(max_workers=max(1, sweep.parallel), thread_name_prefix="envkit-seed")
+        parallel = max(1, sweep.parallel)
+        self._engine.slots = threading.Semaphore(parallel)
+        workers = min(len(sweep.seeds), 2 * parallel)
+        self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="envkit-seed")
         self._futures = [self._pool.submit(self._run, sweep, i) for i in range(len(sweep.seeds))]
 
     def _run(self, sweep: SweepRecord, index: int) -> RunRecord | None:
         if self._engine.cancelled.is_set():
             return None
         return run_seed(self._engine, self.store, sweep, index, image_id=self.image_id, secrets=self.secrets,
-                        fingerprint=self.fingerprint, stopped=self._engine.was_stopped)  # type: ignore[arg-type]
+                        fingerprint=self.fingerprint, stopped=self._engine.was_stopped,  # type: ignore[arg-type]
+                        queued=self._engine.queued)
 
     def status(self, sweep: SweepRecord) -> list[TaskState]:
-        states = states_from_store(self.store, sweep)
+        states = states_from_store(self.store, sweep, self._known)
         for state, future in zip(states, self._futures, strict=False):
             if future.cancelled() and state.state == "pending":
                 state.state, state.note = "cancelled", "the sweep was stopped before this seed started"
             elif future.done() and future.exception() is not None and not state.finished:
                 exc = future.exception()
                 state.state, state.note = "failed", getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        self._known = {s.index: s for s in states}
         return states
 
     def wait(self, sweep: SweepRecord, on_progress: Progress | None = None) -> list[TaskState]:
@@ -107,7 +118,9 @@ class _StoppableEngine:
         self._lock = threading.RLock()  # a start and a cancel never interleave
         self._containers: list[_StoppableContainer] = []
         self._stopped: set[str] = set()
+        self._waited: dict[str, float] = {}
         self.cancelled = threading.Event()
+        self.slots = threading.Semaphore(1)  # containers running at once; the backend sets it to the sweep's
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
@@ -138,6 +151,15 @@ class _StoppableEngine:
         with self._lock:
             return run_id in self._stopped
 
+    def note_waited(self, run_id: str, seconds: float) -> None:
+        with self._lock:
+            self._waited[run_id] = seconds
+
+    def queued(self, run_id: str) -> float:
+        """How long the run's container waited for a free slot."""
+        with self._lock:
+            return self._waited.get(run_id, 0.0)
+
 
 class _StoppableContainer(Container):
     def __init__(self, inner: Container, engine: _StoppableEngine, run_id: str) -> None:
@@ -145,20 +167,33 @@ class _StoppableContainer(Container):
         self._engine = engine
         self._run_id = run_id
         self._started = False
+        self._holds_slot = False
         self.id = inner.id
 
     def start(self):
+        began = time.monotonic()
+        self._engine.slots.acquire()  # everything is ready: wait here, not before the run was prepared
+        self._holds_slot = True
+        self._engine.note_waited(self._run_id, time.monotonic() - began)
         with self._engine._lock:
-            if self._engine.cancelled.is_set():  # created in the instant of the cancel: never started
+            if self._engine.cancelled.is_set():  # stopped while it waited: never started
                 self._engine.note_stopped(self._run_id)
                 return iter(())
             self._started = True
             return self._inner.start()
 
     def wait(self) -> ContainerExit:
-        if not self._started:
-            return ContainerExit(130)
-        return self._inner.wait()
+        try:
+            if not self._started:
+                return ContainerExit(130)
+            return self._inner.wait()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._holds_slot:
+            self._holds_slot = False
+            self._engine.slots.release()
 
     def stop(self, timeout: int = 5) -> None:
         self._inner.stop(timeout)
@@ -168,4 +203,5 @@ class _StoppableContainer(Container):
         self._inner.stop()
 
     def remove(self) -> None:
+        self._release()  # a start that failed gives its slot back here
         self._inner.remove()

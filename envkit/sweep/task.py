@@ -15,6 +15,7 @@ import shutil
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,8 @@ class _TaskStore(FileStore):
 def run_seed(engine: Engine, store: FileStore, sweep: SweepRecord, index: int, *, image_id: str | None = None,
              secrets: Mapping[str, str] | None = None, fingerprint: dict[str, Any] | None = None,
              scheduler: dict[str, str] | None = None, notes: list[str] | None = None,
-             stopped: Callable[[str], bool] | None = None) -> RunRecord | None:
+             stopped: Callable[[str], bool] | None = None,
+             queued: Callable[[str], float] | None = None) -> RunRecord | None:
     """Run seed number ``index`` of ``sweep`` and report it in the sweep's ``tasks/<index>.json``.
 
     Args:
@@ -119,6 +121,8 @@ def run_seed(engine: Engine, store: FileStore, sweep: SweepRecord, index: int, *
         notes: carried into the record.
         stopped: called with the run id at the end; True when the sweep stopped this run's container (it is then
             recorded ``interrupted``, not ``failed``).
+        queued: called with the run id at the end; the seconds its container waited for a free slot after the run
+            was prepared (the local backend prepares the next runs while others run): taken out of its run time.
 
     Returns:
         The run's final record; None when no run could be made (the task file says why).
@@ -157,6 +161,11 @@ def run_seed(engine: Engine, store: FileStore, sweep: SweepRecord, index: int, *
             shutil.copyfile(layout.git_diff, run_store.layout(record.run_id).git_diff)
         if stopped is not None and record.status != "succeeded" and stopped(record.run_id):
             record.status = "interrupted"
+        waited = queued(record.run_id) if queued is not None else 0.0
+        if waited > 0.0005 and record.started and record.timings.run_s is not None:
+            record.timings.run_s = round(max(0.0, record.timings.run_s - waited), 3)
+            began = datetime.fromisoformat(record.started.replace("Z", "+00:00")) + timedelta(seconds=waited)
+            record.started = began.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     try:
         record = execute(engine, run_store, job, sink=QUIET, fingerprint=fingerprint, before_final_write=finish)

@@ -110,6 +110,7 @@ def test_slurm_states_complete_what_the_store_knows(submitted, monkeypatch):
         record = run_seed(engine, store, sweep, index, scheduler=SLURM_IDS)
         record.status = "running"
         store.write(record)
+        SweepStore(store.root).write_task(sweep.sweep_id, index, {"run_id": record.run_id, "state": "running"})
         unfinished[index] = record.run_id
     log_dir = SweepStore(store.root).layout(sweep.sweep_id).slurm
     log_dir.mkdir()

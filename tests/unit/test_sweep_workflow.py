@@ -106,6 +106,19 @@ def test_at_most_parallel_runs_at_once(project, store):
     assert outcome.sweep.status == "succeeded"
 
 
+def test_next_runs_are_prepared_while_others_run_and_their_wait_is_not_run_time(project, store):
+    def job(ctx: JobContext) -> Outcome:
+        time.sleep(0.4)
+        return metrics_job(ctx)
+
+    engine = FakeEngine()
+    outcome = sweep(engine, store, project, engine.add_image("img", job), [0, 1, 2], parallel=1)
+    records = sorted((store.read(s.run_id) for s in outcome.states), key=lambda r: r.started)
+    assert all(0.4 <= r.timings.run_s < 0.75 for r in records), [r.timings.run_s for r in records]
+    # Prepared ahead: the second run's folder existed before the first run's container ended.
+    assert records[1].created < records[0].finished
+
+
 def test_a_failing_seed_is_marked_and_the_others_are_kept(project, store):
     def job(ctx: JobContext) -> Outcome:
         if ctx.env["ENVKIT_SEED"] == "2":
@@ -148,14 +161,19 @@ def test_ctrl_c_stops_the_running_seeds_records_them_interrupted_and_starts_no_o
         return Outcome(0)
 
     engine = FakeEngine()
-    outcome = sweep(engine, store, project, engine.add_image("img", job), [0, 1, 2, 3, 4], parallel=2)
+    outcome = sweep(engine, store, project, engine.add_image("img", job), [0, 1, 2, 3, 4, 5], parallel=2)
     assert outcome.sweep.status == "interrupted"
+    assert len(started) == 2  # no job started after Ctrl-C
     states = {s.seed: s for s in outcome.states}
-    assert sorted(started) == ["0", "1"]
-    assert [states[s].state for s in (0, 1)] == ["interrupted", "interrupted"]
-    assert [store.read(states[s].run_id).status for s in (0, 1)] == ["interrupted", "interrupted"]
-    assert [states[s].state for s in (2, 3, 4)] == ["cancelled"] * 3
-    assert all(states[s].run_id is None for s in (2, 3, 4))
+    ran = [states[int(seed)] for seed in started]
+    assert [s.state for s in ran] == ["interrupted", "interrupted"]
+    # The others: prepared while those ran (a run folder, never a container: interrupted) or never begun.
+    rest = [s for s in outcome.states if str(s.seed) not in started]
+    assert all((s.state, s.run_id is None) in (("interrupted", False), ("cancelled", True)) for s in rest)
+    assert any(s.state == "cancelled" for s in rest)
+    for s in outcome.states:
+        if s.run_id:
+            assert store.read(s.run_id).status == "interrupted"
     assert SweepStore(store.root).read(outcome.sweep.sweep_id).status == "interrupted"
     from envkit.cli.sweep import exit_code
 
