@@ -8,12 +8,12 @@ current directory by default).
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envkit.settings import DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE, store_dir
+from envkit.settings import store_dir
 
 if TYPE_CHECKING:
     from envkit.image.builder import BuildResult
@@ -56,6 +56,15 @@ class Replay:
                    details=result.verdict, record=result.record, notes=list(result.notes))
 
 
+def _config(folder: Path | None):
+    """The project configuration, with every key envkit's parts own registered (the run package registers its
+    own; MLflow's lives in envkit.tracking, which the run package may not import)."""
+    from envkit.run.defaults import project_config
+    from envkit.tracking import config as _tracking  # noqa: F401 - registers the mlflow key
+
+    return project_config(folder)
+
+
 def _store(project: Path | None):
     from envkit.store.filestore import FileStore
 
@@ -82,42 +91,77 @@ def build(lockfile: str | Path, cpu_profile: str = "native", push: str | None = 
                           push=push)
 
 
-def run(script: str, *args: str, seed: int, lock: str | Path | None = None, image: str | None = None,
-        determinism: str = DEFAULT_DETERMINISM, threads: int = DEFAULT_THREADS, gpus: str = "none",
-        cpu_profile: str | None = None, mounts: Iterable[str] = (), trace: str = DEFAULT_TRACE,
-        network: str = "none", env: Mapping[str, str] | None = None, memory: str | None = None,
-        project: str | Path | None = None, echo: bool = False) -> Run:
-    """Run ``script`` with ``args`` in the lock's (or ``image``'s) image, seeded and recorded.
+def run(script: str | None = None, *args: str, command: Sequence[str] | None = None, seed: int | None = None,
+        lock: str | Path | None = None, image: str | None = None, determinism: str | None = None,
+        threads: int | None = None, gpus: str | None = None, cpu_profile: str | None = None,
+        mounts: Iterable[str] = (), inputs: Iterable[str] = (), trace: str | None = None, network: str | None = None,
+        env: Mapping[str, str] | None = None, memory: str | None = None, project: str | Path | None = None,
+        echo: bool = False) -> Run:
+    """Run ``script`` with ``args`` (or any ``command``, as ``envkit run -- COMMAND``) in the lock's (or
+    ``image``'s) image, seeded and recorded.
+
+    Options left None come from the project's configuration (``[tool.envkit]`` / ``envkit.toml``, found upward
+    from ``project``), then envkit's defaults, as on the command line.
 
     Args:
+        command: argv of any command on the image's PATH, e.g. ``["torchrun", "--nproc-per-node", "2", "t.py"]``.
+        inputs: ``RUN:PATH[:DEST]`` earlier runs' outputs as inputs (``RUN``: an id, a unique prefix, ``last``).
         echo: stream the job's output to this process's stdout/stderr (default: only into the run's logs).
+
+    Raises:
+        TypeError: neither or both of ``script`` and ``command``, or no seed here or in the configuration.
     """
     from envkit.engine import connect
+    from envkit.run.defaults import run_settings
     from envkit.run.executor import Sink
     from envkit.run.runner import RunRequest
     from envkit.run.runner import run as run_workflow
 
+    if (script is None) == (command is None) or (command is not None and args):
+        raise TypeError("give a script (and its args) or a command, not both")
     folder = Path(project) if project else Path.cwd()
-    request = RunRequest(script=script, args=[str(a) for a in args], seed=seed, lock=Path(lock) if lock else None,
-                         image=image, determinism=determinism, threads=threads, gpus=gpus, cpu_profile=cpu_profile,
-                         mounts=list(mounts), trace=trace, network=network, env=dict(env or {}), memory=memory,
-                         project=folder)
-    store = _store(folder)
+    settings = run_settings(_config(folder), seed=seed, lock=Path(lock) if lock else None, image=image,
+                            determinism=determinism, threads=threads, gpus=gpus, cpu_profile=cpu_profile,
+                            network=network, trace=trace, memory=memory, mounts=list(mounts),
+                            env={k: str(v) for k, v in (env or {}).items()})
+    if settings["seed"] is None:
+        raise TypeError("run() needs a seed: pass seed=N or set seed in the project configuration")
+    request = RunRequest(script=script or "", args=[str(a) for a in args], project=folder, inputs=list(inputs),
+                         argv=[str(a) for a in command] if command is not None else None, **settings)
+    store = _store(folder if project else None)
     record = run_workflow(connect(), store, request, sink=None if echo else Sink(io.BytesIO(), io.BytesIO()))
     return Run(id=record.run_id, status=record.status, exit_code=record.exit_code, outputs=list(record.outputs),
                record=record, folder=store.run_dir(record.run_id))
 
 
 def replay(run_id: str, force: bool = False, rebuild: bool = False, project: str | Path | None = None,
-           echo: bool = False) -> Replay:
-    """Replay a recorded run here; ``.verdict`` says IDENTICAL, DIVERGED or FAILED, ``.details`` why."""
+           echo: bool = False, ignore_lines: Sequence[str] = (), upstream: bool = False) -> Replay:
+    """Replay a recorded run here (``run_id``: an id, a unique prefix or ``last``); ``.verdict`` says IDENTICAL,
+    DIVERGED, FAILED or UNVERIFIED (nothing to compare), ``.details`` why.
+
+    Args:
+        ignore_lines: regular expressions of stdout lines left out of the comparison (with the project
+            configuration's ``ignore_lines``).
+        upstream: replay the runs it took ``inputs`` from first, then this run on their replays' outputs; the
+            result is this run's replay, or the first upstream replay that was not IDENTICAL.
+    """
     from envkit.engine import connect
+    from envkit.lineage import replay_chain
     from envkit.replay import replay as replay_workflow
     from envkit.run.executor import Sink
+    from envkit.stdoutcompare import configured_patterns
 
-    result = replay_workflow(connect(), _store(project), run_id, force=force, rebuild=rebuild,
-                             sink=None if echo else Sink(io.BytesIO(), io.BytesIO()))
-    return Replay.from_result(result)
+    store = _store(project)
+    run_id = store.resolve(run_id)
+    patterns = list(dict.fromkeys([*configured_patterns(_config(Path(project) if project else None)),
+                                   *ignore_lines]))
+    options: dict[str, Any] = {"force": force, "rebuild": rebuild, "ignore_lines": patterns,
+                               "sink": None if echo else Sink(io.BytesIO(), io.BytesIO())}
+    if upstream:
+        chain = replay_chain(connect(), store, run_id, **options)
+        stopped = next((r for r in chain.results if r.original.run_id == chain.stopped_at), None)
+        return Replay.from_result(stopped or chain.results[-1])
+    return Replay.from_result(replay_workflow(connect(), store, run_id, **options))
 
 
 def runs(project: str | Path | None = None, limit: int | None = None) -> list[RunSummary]:
@@ -126,8 +170,9 @@ def runs(project: str | Path | None = None, limit: int | None = None) -> list[Ru
 
 
 def show(run_id: str, project: str | Path | None = None) -> RunRecord:
-    """One run's record."""
-    return _store(project).read(run_id)
+    """One run's record (``run_id``: an id, a unique prefix or ``last``)."""
+    store = _store(project)
+    return store.read(store.resolve(run_id))
 
 
 def _injob_bootstrap() -> Any:

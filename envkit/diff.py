@@ -433,6 +433,11 @@ def record_differences(a: RunRecord, b: RunRecord) -> list[Difference]:
         add("inputs", c.path, c.a, c.b, True, "the job reads it")
     add("command", "script", a.script, b.script, True, "another script")
     add("command", "args", a.args, b.args, True, "the script's arguments")
+    if a.script is None or b.script is None:  # `envkit run -- COMMAND`: the command line is the job's entry point
+        add("command", "command", a.job_argv, b.job_argv, True, "another command or its arguments")
+    if a.world_size is not None and b.world_size is not None:  # unknown in records made before it was kept
+        add("command", "world size", a.world_size, b.world_size, True,
+            "another number of ranks splits the data and reduces the gradients differently")
     for name in sorted((set(a.environment) | set(b.environment)) - _ENV_SKIP):
         va, vb = a.environment.get(name), b.environment.get(name)
         if va == REDACTED and vb == REDACTED:

@@ -24,8 +24,51 @@ def run_checks(store_root: Path, cache_root: Path) -> list[Check]:
               _tool("debootstrap", "apt-get install -y debootstrap", "making base images (envkit base)"),
               _tool("docker-registry", "apt-get install -y docker-registry", "a local registry for --push tests")]
     checks.append(_disk(cache_root))
+    checks.append(_abandoned(store_root))
     return checks
 
+
+def clean_abandoned(store_root: Path) -> tuple[list[str], int]:
+    """Runs whose envkit process died (SIGKILL, a crash) are marked ``abandoned`` and their containers removed.
+
+    Returns:
+        The run ids marked, and how many containers were removed.
+    """
+    from envkit.engine import connect
+    from envkit.errors import EnvkitError
+    from envkit.settings import LABEL_RUN
+    from envkit.store.filestore import FileStore
+
+    store = FileStore(store_root)
+    marked = [row["run_id"] for row in store.list().rows if row["status"] == "abandoned"]
+    removed = 0
+    engine = None
+    for run_id in marked:
+        record = store.read(run_id)  # read marks it abandoned, with a note; writing keeps that
+        store.write(record)
+        try:
+            engine = engine or connect(timeout=10)
+            for container_id, _labels, _state in engine.containers_labelled(f"{LABEL_RUN}={run_id}"):
+                engine.remove_container(container_id)
+                removed += 1
+        except EnvkitError:
+            pass  # no engine: the records are still marked; the engine check says what to do
+    return marked, removed
+
+
+def _abandoned(store_root: Path) -> Check:
+    from envkit.errors import EnvkitError
+
+    if not store_root.exists():
+        return Check("abandoned runs", True, "none", required=False)
+    try:
+        marked, removed = clean_abandoned(store_root)
+    except EnvkitError as exc:
+        return Check("abandoned runs", False, exc.message, exc.hint, required=False)
+    if not marked:
+        return Check("abandoned runs", True, "none", required=False)
+    return Check("abandoned runs", True, f"{len(marked)} marked abandoned ({', '.join(marked[:3])}"
+                 f"{', ...' if len(marked) > 3 else ''}); {removed} container(s) removed", required=False)
 
 def _engine() -> Check:
     from envkit.engine import connect

@@ -10,6 +10,19 @@ the table in README.md lists them, and a test checks that no two classes share o
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 80
+_repr.maxlevel = 2
+
+
+def shown(value: Any) -> str:
+    """``value`` quoted for an error message: a short ``repr`` on one line, even for a huge or deeply nested value
+    (``repr`` escapes newlines and escape sequences; reprlib stops at depth and length limits)."""
+    return _repr.repr(value)
+
 
 class EnvkitError(Exception):
     """Root of every envkit error."""
@@ -61,7 +74,14 @@ class ProjectConfigError(EnvkitError):
     """The project's configuration ([tool.envkit] in pyproject.toml, or envkit.toml) is malformed."""
 
     exit_code = 17
-    default_hint = "see README.md, 'Project configuration'"
+    default_hint = "see docs/realjobs.md, 'Project configuration'"
+
+
+class ProjectEnvironmentError(EnvkitError):
+    """``envkit build`` or ``envkit run`` without a lockfile, and the project names none, or more than one."""
+
+    exit_code = 18
+    default_hint = "pass a lockfile (envkit build LOCKFILE, envkit run --lock LOCKFILE), or set lock in envkit.toml"
 
 
 class CpuProfileError(EnvkitError):
@@ -149,6 +169,13 @@ class InvalidRunIdError(EnvkitError):
     )
 
 
+class AmbiguousRunIdError(EnvkitError):
+    """A run id prefix matches more than one run (the message lists them)."""
+
+    exit_code = 36
+    default_hint = "give more of the run id (`envkit runs` lists them)"
+
+
 class StoreError(EnvkitError):
     """The run store cannot be written (disk full, permissions) or a record is corrupt."""
 
@@ -164,7 +191,7 @@ class JobError(EnvkitError):
 class SweepNotFoundError(EnvkitError):
     """No sweep with that id in the store."""
 
-    exit_code = 36
+    exit_code = 37
     default_hint = "list the sweeps with `envkit sweeps`"
 
 
@@ -195,6 +222,19 @@ class InputChangedError(EnvkitError):
     exit_code = 41
 
 
+class MountError(EnvkitError):
+    """A mount is unsafe (a socket, a device, a system folder) or, replaying an imported run, not given."""
+
+    exit_code = 43
+
+
+class UpstreamError(EnvkitError):
+    """An ``--input RUN:PATH`` cannot be used: the run did not succeed, PATH is not one of its outputs, or the run
+    is not in this store."""
+
+    exit_code = 44
+
+
 class BundleError(EnvkitError):
     """An exported bundle is malformed or unsafe (path traversal, links, bad hashes)."""
 
@@ -208,12 +248,31 @@ class TraceError(EnvkitError):
     exit_code = 50
 
 
+# --- trackers ----------------------------------------------------------------------------------------------------
+class TrackerError(EnvkitError):
+    """An experiment tracker (MLflow) is unreachable, refused the export, or is not configured or installed.
+
+    Tracker trouble is never the run's trouble: the run and its record stay as they are, and the export can be
+    retried.
+    """
+
+    exit_code = 60
+
+
 # Verdict exit codes of `envkit replay` (not errors: the replay itself worked).
 EXIT_IDENTICAL = 0
 EXIT_DIVERGED = 3
 EXIT_FAILED = 4
+EXIT_UNVERIFIED = 5  # the run left nothing to compare (no output file, no stdout line): never called IDENTICAL
+
+# `envkit run` exits with the job's own code, so its own failures use the codes `docker run` keeps for itself: 125
+# envkit failed (the error's own code above is on the error line and in --json), 126 the command cannot be invoked,
+# 127 the command is not in the image. See docs/realjobs.md, "Exit codes".
+EXIT_RUN_FAILED = 125
+EXIT_CANNOT_INVOKE = 126
+EXIT_COMMAND_NOT_FOUND = 127
 # `envkit sweep`: every run was made, and at least one of them failed (the others are kept and reported).
-EXIT_SWEEP_RUNS_FAILED = 5
+EXIT_SWEEP_RUNS_FAILED = 6
 
 
 def all_error_classes() -> list[type[EnvkitError]]:

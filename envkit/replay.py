@@ -9,17 +9,18 @@ is written by the run itself, verdict included: nothing is written after it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envkit import cpuprofile
+from envkit import _forward_calls, cpuprofile
 from envkit.engine import Engine, Mount
 from envkit.errors import (
     EXIT_DIVERGED,
     EXIT_FAILED,
     EXIT_IDENTICAL,
+    EXIT_UNVERIFIED,
     ImageNotFoundError,
     PlatformMismatchError,
     RegistryError,
@@ -27,12 +28,18 @@ from envkit.errors import (
 from envkit.fingerprint import FieldDiff, compare_fingerprints
 from envkit.manifest import compare
 from envkit.run.executor import JobSpec, Sink, container_software, execute, job_environment, run_tool
+from envkit.run.inputs import Progress, UpstreamInput, resolve_recorded
+from envkit.run.mounts import replay_mounts
+from envkit.stdoutcompare import compare_stdout
+from envkit.store.bundle import is_imported
 from envkit.store.filestore import FileStore
 from envkit.store.layout import RunLayout
-from envkit.store.record import REDACTED, RunRecord
+from envkit.store.record import RunRecord
+from envkit.store.redact import is_redacted
 
 IDENTICAL, DIVERGED, FAILED = "IDENTICAL", "DIVERGED", "FAILED"
-VERDICT_EXIT = {IDENTICAL: EXIT_IDENTICAL, DIVERGED: EXIT_DIVERGED, FAILED: EXIT_FAILED}
+UNVERIFIED = "UNVERIFIED"  # nothing to compare: no output file, and no stdout line left after masking
+VERDICT_EXIT = {IDENTICAL: EXIT_IDENTICAL, DIVERGED: EXIT_DIVERGED, FAILED: EXIT_FAILED, UNVERIFIED: EXIT_UNVERIFIED}
 TENSOR_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".npy")
 
 
@@ -55,6 +62,10 @@ class Verdict:
     exit_code: int | None = None
     original_exit_code: int | None = None
     divergence: dict[str, Any] | None = None  # first divergent optimizer step, from the step traces
+    files_compared: int = 0  # output files of the original run compared
+    stdout_is_output: bool = False  # no output file: stdout decided the verdict
+    stdout: dict[str, Any] | None = None  # envkit.stdoutcompare.StdoutComparison.to_dict()
+    ignore_lines: list[str] = field(default_factory=list)  # the masks applied to stdout
 
     @property
     def exit(self) -> int:
@@ -64,7 +75,8 @@ class Verdict:
         return {
             "kind": self.kind, "exit_code": self.exit_code, "original_exit_code": self.original_exit_code,
             "stdout_differs": self.stdout_differs, "stdout_first_line": self.stdout_first_line,
-            "divergence": self.divergence,
+            "divergence": self.divergence, "files_compared": self.files_compared,
+            "stdout_is_output": self.stdout_is_output, "stdout": self.stdout, "ignore_lines": self.ignore_lines,
             "files": [{k: v for k, v in f.__dict__.items() if v is not None} for f in self.files],
         }
 
@@ -90,7 +102,8 @@ class ReplayResult:
 
 def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False, rebuild: bool = False,
            mount_overrides: dict[str, Path] | None = None, sink: Sink | None = None,
-           on_forced: Callable[[list[FieldDiff]], None] | None = None) -> ReplayResult:
+           on_forced: Callable[[list[FieldDiff]], None] | None = None, ignore_lines: Sequence[str] = (),
+           upstream_sources: dict[str, str] | None = None, progress: Progress | None = None) -> ReplayResult:
     """Replay a recorded run on this host and judge it.
 
     Args:
@@ -98,30 +111,47 @@ def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False
         rebuild: if the image cannot be had, rebuild it from the recorded lockfile.
         mount_overrides: container path -> host path, for inputs that now live elsewhere.
         on_forced: called with the numerics-changing differences before a forced replay runs.
+        ignore_lines: regular expressions of stdout lines to leave out of the comparison (timings).
+        upstream_sources: upstream run id -> the run to take that input from instead (its replay, under
+            ``envkit replay --upstream``); either way the input must hash to the recorded sha256.
+        progress: ``progress(label, total_bytes) -> advance`` for pulls, inputs, snapshot and outputs.
 
     Raises:
         PlatformMismatchError: numerics-changing differences and no ``force`` (they are in ``.differences``).
         ImageNotFoundError, RegistryError: the image cannot be had. InputChangedError: an input changed.
+        UpstreamError: an input's upstream run is not in this store (and no ``--mount`` gives it).
     """
     from envkit.fingerprint import host_fingerprint
 
     original = store.read(run_id)
     layout = store.layout(run_id)
+    # Inputs first: an imported run's inputs must be given here, before anything is pulled or run.
+    overrides = dict(mount_overrides or {})
+    upstream = replay_upstream(store, original, upstream_sources or {}, overrides, progress)
+    mounts = replay_mounts(original.mounts, overrides, imported=is_imported(layout))
     now = host_fingerprint(engine)
     forced = _check(host_differences(original, now), force)
-    image_id, notes = acquire_image(engine, original, layout, rebuild)
+    image_id, notes = acquire_image(engine, original, layout, rebuild, progress)
     forced += _check(container_differences(engine, store, original, image_id, now.get("host") or {}), force)
     if forced and on_forced is not None:
         on_forced(forced)
-    job = replay_job(original, layout, image_id, bool(forced), mount_overrides)
+    job = replay_job(original, layout, image_id, bool(forced), mounts)
+    job.upstream = upstream
+    lost = unrestorable_environment(original)
+    if lost:
+        notes.append(f"the replay cannot restore the redacted variable(s) {', '.join(lost)}: the job sees them unset")
+    if any(is_redacted(a) for a in original.job_argv):
+        notes.append("the replay cannot restore the arguments that were redacted: it passes "
+                     "<redacted> in their place")
     job.notes = list(notes)
     verdict: list[Verdict] = []
 
     def judge_before_final_write(replay_record: RunRecord) -> None:
-        verdict.append(judge(engine, store, original, replay_record))
+        verdict.append(judge(engine, store, original, replay_record, ignore_lines))
         replay_record.verdict = verdict[0].to_dict()
 
-    record = execute(engine, store, job, sink=sink, fingerprint=now, before_final_write=judge_before_final_write)
+    record = execute(engine, store, job, sink=sink, fingerprint=now, before_final_write=judge_before_final_write,
+                     progress=progress)
     return ReplayResult(original=original, record=record, verdict=verdict[0], forced=forced, notes=notes)
 
 
@@ -160,7 +190,8 @@ def container_differences(engine: Engine, store: FileStore, record: RunRecord, i
 
 
 # --- 2. the image ------------------------------------------------------------------------------------------------
-def acquire_image(engine: Engine, record: RunRecord, layout: RunLayout, rebuild: bool) -> tuple[str, list[str]]:
+def acquire_image(engine: Engine, record: RunRecord, layout: RunLayout, rebuild: bool,
+                  progress: Progress | None = None) -> tuple[str, list[str]]:
     """The recorded image on this engine: present by ID, else pulled by digest, else (if asked) rebuilt.
 
     Returns:
@@ -175,6 +206,8 @@ def acquire_image(engine: Engine, record: RunRecord, layout: RunLayout, rebuild:
         return wanted, []
     failures = []
     for ref in record_digests(record):  # the image may have been pushed to several registries; any one will do
+        if progress is not None:
+            progress(f"pulling {ref}", 0)
         try:
             pulled = engine.pull(ref)
         except RegistryError as exc:
@@ -189,7 +222,7 @@ def acquire_image(engine: Engine, record: RunRecord, layout: RunLayout, rebuild:
             f"none of the image's {len(failures)} registry digests could be pulled ({failures[-1].message})",
             hint="check that one of the registries is reachable from the Docker engine")
     if rebuild:
-        return _rebuild(engine, record, layout)
+        return _rebuild(engine, record, layout, progress)
     raise ImageNotFoundError(
         f"image {wanted[:19] if wanted else '?'} of run {record.run_id} is not on this engine and has no registry digest",
         hint="import a bundle made with `envkit export RUN --with-image`, push the image with `envkit build --push`, "
@@ -197,13 +230,16 @@ def acquire_image(engine: Engine, record: RunRecord, layout: RunLayout, rebuild:
     )
 
 
-def _rebuild(engine: Engine, record: RunRecord, layout: RunLayout) -> tuple[str, list[str]]:
+def _rebuild(engine: Engine, record: RunRecord, layout: RunLayout,
+             progress: Progress | None = None) -> tuple[str, list[str]]:
     from envkit.image.builder import build_image
     from envkit.lock.model import load_lockfile
 
     if not layout.lock.is_file():
         raise ImageNotFoundError(f"run {record.run_id} kept no lockfile to rebuild its image from")
-    result = build_image(engine, load_lockfile(layout.lock), cpu_profile=record.cpu_profile)
+    on_step = (lambda step: progress(f"rebuilding the image: {step}", 0)) if progress else None
+    result = build_image(engine, load_lockfile(layout.lock), cpu_profile=record.cpu_profile, progress=progress,
+                         on_step=on_step)
     return result.image_id, [f"image rebuilt from the recorded lockfile: {result.image_id[:19]} instead of the "
                              f"recorded {(record.image.id or '?')[:19]}"]
 
@@ -214,21 +250,27 @@ def record_digests(record: RunRecord) -> list[str]:
 
 # --- 3. the rerun ------------------------------------------------------------------------------------------------
 def replay_job(record: RunRecord, layout: RunLayout, image_id: str, mismatch: bool,
-               mount_overrides: dict[str, Path] | None = None) -> JobSpec:
-    """The original run's job, on its recorded code snapshot and inputs."""
-    mounts = []
-    for m in record.mounts:
-        source = (mount_overrides or {}).get(m["target"], Path(m["source"]))
-        mounts.append(Mount(Path(source), m["target"]))
+               mounts: list[Mount] | None = None) -> JobSpec:
+    """The original run's job, on its recorded code snapshot and inputs (``mounts``: see
+    :func:`envkit.run.mounts.replay_mounts`)."""
     return JobSpec(
         project=layout.code, script=record.script or "", args=list(record.args), image_id=image_id,
         image_ref=record.image.ref, image_digests=record_digests(record), seed=int(record.seed or 0),
-        determinism=record.determinism, threads=record.threads, cpu_profile=record.cpu_profile, mounts=mounts,
+        determinism=record.determinism, threads=record.threads, cpu_profile=record.cpu_profile, mounts=list(mounts or []),
         trace=record.trace, lock=record.lock, command=[], replay_of=record.run_id, platform_mismatch=mismatch,
         expected_inputs=list(record.inputs), code_source=layout.code,
-        extra_env=user_environment(record), memory=record.memory,
+        argv=list(record.argv) if record.script is None and record.argv else None,
+        extra_env=user_environment(record), memory=record.memory, network=record.network,
         lock_text=layout.lock.read_text() if layout.lock.is_file() else None,
     )
+
+
+def replay_upstream(store: FileStore, record: RunRecord, sources: dict[str, str], overrides: dict[str, Path],
+                    progress: Progress | None = None) -> list[UpstreamInput]:
+    """The recorded ``--input`` links again, each checked to hash as recorded (see
+    :func:`envkit.run.inputs.resolve_recorded`); an override for a link's target is taken out of ``overrides``."""
+    return [resolve_recorded(store, link, sources.get(link.run_id), overrides.pop(link.target, None), progress)
+            for link in record.upstream]
 
 
 def user_environment(record: RunRecord) -> dict[str, str]:
@@ -240,15 +282,26 @@ def user_environment(record: RunRecord) -> dict[str, str]:
                    seed=int(record.seed or 0), determinism=record.determinism, threads=record.threads,
                    cpu_profile=record.cpu_profile, trace=record.trace)
     derived = job_environment(stub, record.run_id)
-    return {k: v for k, v in record.environment.items() if k not in derived and v != REDACTED}
+    return {k: v for k, v in record.environment.items() if k not in derived and not is_redacted(v)}
+
+
+def unrestorable_environment(record: RunRecord) -> list[str]:
+    """The variables of the record whose values were redacted (wholly or a URL's password): a replay leaves them
+    unset. Its note and the CLI say which."""
+    return [k for k, v in record.environment.items() if is_redacted(v)]
 
 
 # --- 4. the verdict ----------------------------------------------------------------------------------------------
-def judge(engine: Engine, store: FileStore, original: RunRecord, replay_record: RunRecord) -> Verdict:
-    """IDENTICAL, DIVERGED (which files, which tensors, which step) or FAILED."""
-    verdict = Verdict(IDENTICAL, exit_code=replay_record.exit_code, original_exit_code=original.exit_code)
+def judge(engine: Engine, store: FileStore, original: RunRecord, replay_record: RunRecord,
+          ignore_lines: Sequence[str] = ()) -> Verdict:
+    """IDENTICAL, DIVERGED (which files, which tensors, which step; or, for a run without output files, the first
+    stdout line that differs), FAILED, or UNVERIFIED when there was nothing to compare."""
+    verdict = Verdict(IDENTICAL, exit_code=replay_record.exit_code, original_exit_code=original.exit_code,
+                      ignore_lines=list(ignore_lines), files_compared=len(original.outputs))
     a, b = store.layout(original.run_id), store.layout(replay_record.run_id)
-    verdict.stdout_differs, verdict.stdout_first_line = _first_differing_line(a.stdout_log, b.stdout_log)
+    stdout = compare_stdout(a.stdout_log, b.stdout_log, ignore_lines)
+    verdict.stdout, verdict.stdout_differs, verdict.stdout_first_line = stdout.to_dict(), stdout.differs, \
+        stdout.first_line
     if replay_record.status != "succeeded" or replay_record.exit_code != original.exit_code:
         verdict.kind = FAILED
         return verdict
@@ -262,6 +315,9 @@ def judge(engine: Engine, store: FileStore, original: RunRecord, replay_record: 
         verdict.files.append(diff)
     if verdict.files:
         verdict.kind = DIVERGED
+    elif not original.outputs:  # no output file: what the job printed is its output
+        verdict.stdout_is_output = True
+        verdict.kind = DIVERGED if stdout.differs else (UNVERIFIED if stdout.lines == 0 else IDENTICAL)
     verdict.divergence = _trace_divergence(a.root, b.root)
     return verdict
 
@@ -274,19 +330,6 @@ def tensor_diff(engine: Engine, image_id: str, a: Path, b: Path) -> dict[str, An
                     [Mount(a.resolve(), f"/cmp/a/{a.name}"), Mount(b.resolve(), f"/cmp/b/{b.name}")])
 
 
-def _first_differing_line(a: Path, b: Path) -> tuple[bool, int | None]:
-    try:
-        la, lb = a.read_bytes().splitlines(), b.read_bytes().splitlines()
-    except OSError:
-        return False, None
-    if la == lb:
-        return False, None
-    for i, (x, y) in enumerate(zip(la, lb), start=1):
-        if x != y:
-            return True, i
-    return True, min(len(la), len(lb)) + 1
-
-
 def _trace_divergence(a_dir: Path, b_dir: Path) -> dict[str, Any] | None:
     """The first divergent optimizer step when both runs kept step traces (see envkit.diff)."""
     from envkit.diff import first_divergence_in_runs
@@ -296,3 +339,6 @@ def _trace_divergence(a_dir: Path, b_dir: Path) -> dict[str, Any] | None:
         return first_divergence_in_runs(a_dir, b_dir)
     except TraceError as exc:  # a trace problem must not hide the file-level verdict
         return {"error": exc.message}
+
+
+_forward_calls(__name__)  # `envkit.replay(...)` stays the API's function once this module is loaded

@@ -31,6 +31,9 @@ from envkit.injob.state import (  # noqa: F401 - re-exported: the one definition
 ENV_HOME = "ENVKIT_HOME"  # the run store; default ./.envkit in the project folder
 ENV_CACHE = "ENVKIT_CACHE"  # wheel cache and base-image build cache; default ~/.cache/envkit
 ENV_DEBUG = "ENVKIT_DEBUG"  # "1": the CLI shows tracebacks
+# "1": a lockfile's file:// URLs and bare paths are read as given. Without it a lock's local URL is only a hint, and
+# local wheels come from this host's pip configuration and the specs locked here (envkit/lock/localsources.py).
+ENV_ALLOW_FILE_URLS = "ENVKIT_ALLOW_FILE_URLS"
 ENV_SLURM_PYTHON = "ENVKIT_SLURM_PYTHON"  # the Python with envkit on Slurm nodes (default: the submitting one's path)
 
 CPU_PROFILES = ("native", "portable")
@@ -56,6 +59,15 @@ CONTAINER_WORKDIR = "/work"
 CONTAINER_META = "/envkit/meta"
 CONTAINER_OUTPUT = "/envkit/output"
 CONTAINER_TOOLS = "/envkit/tools"  # helper scripts (probe, tensor diff) mounted read-only
+
+# The job's container: an unprivileged user when envkit runs as root (the folders it writes are handed to it), no
+# capabilities, no new privileges, a bound on processes and threads.
+JOB_UID = 65532
+PIDS_LIMIT = 16384
+NETWORK_MODES = ("none", "bridge")
+# The job's hostname, the same on every run (Docker's default is the random container id, which a job may print or
+# hash), and resolvable: torchrun --standalone and gloo look it up, and with no network nothing else names it.
+JOB_HOSTNAME = "envkit-job"
 
 # Labels: on every envkit image, on base images envkit makes, and on the containers of runs.
 LABEL_LOCK_SHA = "io.envkit.lock.sha256"
@@ -84,6 +96,11 @@ def wheel_cache_dir() -> Path:
     return cache_dir() / "wheels"
 
 
+def build_cache_dir() -> Path:
+    """envkit's own map of build keys to the image IDs it built: <cache>/builds/<key>.json."""
+    return cache_dir() / "builds"
+
+
 def store_dir(project: Path | None = None) -> Path:
     """The run store: $ENVKIT_HOME, else .envkit in the project folder (found upward from the current folder)."""
     env = os.environ.get(ENV_HOME)
@@ -94,5 +111,14 @@ def store_dir(project: Path | None = None) -> Path:
     return (Path(project).absolute() if project else find_root()) / STORE_DIR
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false", "no")
+
+
 def debug_enabled() -> bool:
-    return os.environ.get(ENV_DEBUG, "") not in ("", "0", "false", "no")
+    return _flag(ENV_DEBUG)
+
+
+def allow_file_urls() -> bool:
+    """Whether a lockfile's local URLs may be read as given (``ENVKIT_ALLOW_FILE_URLS=1``)."""
+    return _flag(ENV_ALLOW_FILE_URLS)

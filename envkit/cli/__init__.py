@@ -12,7 +12,7 @@ import sys
 import typer
 
 from envkit import __version__
-from envkit.cli._console import err_console
+from envkit.cli._console import err_console, printable
 from envkit.errors import EnvkitError
 from envkit.settings import debug_enabled
 
@@ -20,7 +20,7 @@ app = typer.Typer(
     name="envkit",
     help="Reproducible ML environments: lock, build, run with seeds, replay bit for bit.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish and PowerShell
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     except EnvkitError as exc:
         if debug_enabled():
             raise
-        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True)
+        # Messages quote paths and values from files others wrote: their control characters are shown escaped.
+        err_console.print(f"[bold red]error:[/] {escape(printable(exc.message, keep_newlines=True))}", markup=True)
         if exc.hint:
-            err_console.print(f"[bold]hint:[/] {escape(exc.hint)}", markup=True)
+            err_console.print(f"[bold]hint:[/] {escape(printable(exc.hint, keep_newlines=True))}", markup=True)
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("error: interrupted", highlight=False)

@@ -8,11 +8,13 @@ import typer
 
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json
+from envkit.cli._options import complete_run_id
 
 
 @app.command("export")
 def export_cmd(
-    run_id: str = typer.Argument(..., help="The run to export."),
+    run_id: str = typer.Argument(..., help="The run to export: an id, a unique prefix, or last.",
+                                 autocompletion=complete_run_id),
     output: Path = typer.Option(..., "-o", "--output", help="The bundle to write (e.g. run.tar.gz)."),
     with_image: bool = typer.Option(False, "--with-image", help="Include the image (docker save): no registry needed."),
     json_out: bool = typer.Option(False, "--json", help="Print the bundle's manifest as JSON."),
@@ -27,7 +29,9 @@ def export_cmd(
         from envkit.engine import connect
 
         engine = connect()
-    manifest = export_run(FileStore(store_dir()), run_id, output, engine=engine, with_image=with_image)
+    store = FileStore(store_dir())
+    run_id = store.resolve(run_id)
+    manifest = export_run(store, run_id, output, engine=engine, with_image=with_image)
     if json_out:
         print_json({"bundle": str(output), **manifest})
         return
@@ -44,11 +48,11 @@ def import_cmd(
 ) -> None:
     """Check a bundle (paths, links, every hash) and add its run (and image) to this host's store."""
     from envkit.settings import store_dir
-    from envkit.store.bundle import import_bundle
+    from envkit.store.bundle import bundle_has_image, import_bundle
     from envkit.store.filestore import FileStore
 
     engine = None
-    if _has_image(bundle):
+    if bundle.is_file() and bundle_has_image(bundle):
         from envkit.engine import connect
 
         engine = connect()
@@ -60,16 +64,3 @@ def import_cmd(
     err_console.print(f"run {result.run_id} {what}" + (f"; image {result.image_loaded[:19]} loaded"
                                                         if result.image_loaded else ""), highlight=False)
     typer.echo(result.run_id)
-
-
-def _has_image(bundle: Path) -> bool:
-    import tarfile
-
-    from envkit.errors import BundleError
-    from envkit.store.bundle import IMAGE_FILE
-
-    try:
-        with tarfile.open(bundle, "r:*") as tar:
-            return any(m.name == IMAGE_FILE for m in tar)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BundleError(f"{bundle} is not a readable envkit bundle ({exc})") from exc

@@ -10,5 +10,7 @@ from envkit.cli import replay as _replay  # noqa: F401
 from envkit.cli import bundle as _bundle  # noqa: F401
 from envkit.cli import doctor as _doctor  # noqa: F401
 from envkit.cli import diff as _diff  # noqa: F401
+from envkit.cli import remote as _remote  # noqa: F401
+from envkit.cli import mlflow as _mlflow  # noqa: F401
 from envkit.cli import sweep as _sweep  # noqa: F401
 from envkit.cli import sweeps as _sweeps  # noqa: F401

@@ -6,12 +6,15 @@ import typer
 
 from envkit.cli import app
 from envkit.cli._console import print_json
+from envkit.cli._options import complete_run_id
 
 
 @app.command("diff")
 def diff_cmd(
-    run_a: str = typer.Argument(..., metavar="RUN_A", help="A run id from `envkit runs`."),
-    run_b: str = typer.Argument(..., metavar="RUN_B", help="Another run id, e.g. a replay of RUN_A."),
+    run_a: str = typer.Argument(..., metavar="RUN_A", help="A run id from `envkit runs`, a unique prefix, or last.",
+                               autocompletion=complete_run_id),
+    run_b: str = typer.Argument(..., metavar="RUN_B", help="Another run id, e.g. a replay of RUN_A.",
+                               autocompletion=complete_run_id),
     show_all: bool = typer.Option(False, "--all", help="Also list differences that do not change numerics."),
     json_out: bool = typer.Option(False, "--json", help="Print the whole comparison as JSON."),
 ) -> None:
@@ -28,7 +31,7 @@ def diff_cmd(
     from envkit.store.filestore import FileStore
 
     store = FileStore(store_dir())
-    a, b = store.read(run_a), store.read(run_b)
+    a, b = store.read(store.resolve(run_a)), store.read(store.resolve(run_b))
     result = diff_runs(a, b, store.run_dir(a.run_id), store.run_dir(b.run_id))
     if json_out:
         print_json(result.to_dict())

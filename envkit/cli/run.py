@@ -1,4 +1,4 @@
-"""`envkit run`: an unmodified script in its image, seeded, recorded."""
+"""`envkit run`: an unmodified script (or any command) in its image, seeded, recorded."""
 
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ import typer
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json
 from envkit.cli._options import choice
-from envkit.settings import CPU_PROFILES, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE, DETERMINISM_LEVELS
+from envkit.cli._runcmd import configured_request, outcome, run_command
+from envkit.cli.mlflow import MLFLOW_OPTION_HELP
+from envkit.settings import (
+    CPU_PROFILES,
+    DEFAULT_DETERMINISM,
+    DEFAULT_THREADS,
+    DEFAULT_TRACE,
+    DETERMINISM_LEVELS,
+    NETWORK_MODES,
+)
+from envkit.tracking.config import looks_like_tracking_uri
 
 SEED_MAX = 2**32 - 1
 
@@ -27,11 +37,15 @@ def _trace(value: str) -> str:
     raise typer.BadParameter(f"{value!r} is not 'auto', 'off' or a positive step interval")
 
 
-@app.command("run", context_settings={"allow_interspersed_args": False})
+@app.command("run", context_settings={"allow_interspersed_args": False},
+             cls=run_command({"--mlflow": looks_like_tracking_uri}))
 def run_cmd(
-    script: str = typer.Argument(..., help="The Python script to run, relative to the project folder."),
-    args: list[str] = typer.Argument(None, help="Arguments passed to the script."),
-    seed: int = typer.Option(..., "--seed", min=0, max=SEED_MAX, help="The run's seed (0 to 2**32-1)."),
+    script: str = typer.Argument(..., metavar="SCRIPT.py | -- COMMAND",
+                                 help="The Python script to run, relative to the project folder; or, after --, any "
+                                      "command on the image's PATH (python -m pkg.train, torchrun ..., bash x.sh)."),
+    args: list[str] = typer.Argument(None, help="Arguments passed to the script or command."),
+    seed: int = typer.Option(None, "--seed", min=0, max=SEED_MAX,
+                             help="The run's seed (0 to 2**32-1); default: the project configuration's seed."),
     lock: Path = typer.Option(None, "--lock", help="Lockfile to build or find the image from."),
     image: str = typer.Option(None, "--image", help="An image reference or ID to run in (instead of --lock)."),
     determinism: str = typer.Option(DEFAULT_DETERMINISM, "--determinism", callback=choice(DETERMINISM_LEVELS),
@@ -43,13 +57,18 @@ def run_cmd(
                                     help="native, or portable (bit-identical across CPU models); default: the "
                                          "--image's own profile, else native."),
     mount: list[str] = typer.Option(None, "--mount", help="SRC:DST, read-only data hashed as inputs (repeatable)."),
+    inputs: list[str] = typer.Option(None, "--input", metavar="RUN:PATH[:DEST]",
+                                     help="An earlier run's output (checked against its record, mounted read-only at "
+                                          "DEST, default /work/PATH) as an input; recorded as lineage (repeatable)."),
     trace: str = typer.Option(DEFAULT_TRACE, "--trace", callback=_trace,
                               help="Parameter digests every N optimizer steps; auto keeps the cost under 2%; off."),
-    network: str = typer.Option("none", "--network", help="Container network: none (default, hermetic) or bridge."),
+    network: str = typer.Option("none", "--network", callback=choice(NETWORK_MODES),
+                                help="Container network: none (default, hermetic) or bridge."),
     env: list[str] = typer.Option(None, "--env", help="KEY=VALUE for the job (repeatable); secrets are redacted in "
                                                        "the record."),
     memory: str = typer.Option(None, "--memory", help="Memory limit, e.g. 4g; a job killed for memory is marked oom."),
     json_out: bool = typer.Option(False, "--json", help="Print a record summary as JSON at the end."),
+    mlflow: str = typer.Option(None, "--mlflow", metavar="[URI]", help=MLFLOW_OPTION_HELP),
     backend: str = typer.Option("local", "--backend", callback=choice(("local", "slurm")),
                                 help="local, or slurm: one Slurm job on a node sharing the store (docs/sweeps.md)."),
     partition: str = typer.Option(None, "--partition", help="Slurm: the partition."),
@@ -57,12 +76,16 @@ def run_cmd(
     time_limit: str = typer.Option(None, "--time", help="Slurm: the time limit, e.g. 01:00:00."),
     sbatch: list[str] = typer.Option(None, "--sbatch", help="Slurm: an sbatch argument as is (repeatable)."),
 ) -> None:
-    """Run SCRIPT in the lock's image with every generator seeded; record the run; print its id last.
+    """Run SCRIPT (or, after --, any COMMAND) in the lock's image with every Python process seeded; record the
+    run; print its id last.
 
     The project folder (the current directory, minus .gitignore'd and .envkitignore'd files) is snapshotted and
-    mounted as the job's writable working copy; files the job creates or changes there are its outputs. The exit
-    code is the job's.
+    mounted as the job's writable working copy; files the job creates or changes there are its outputs. Options not
+    given come from [tool.envkit] in pyproject.toml or envkit.toml. The exit code is the job's; envkit's own
+    failures exit 125 (126: the command cannot be invoked, 127: not in the image).
     """
+    from envkit.cli._progress import LiveProgress
+    from envkit.cli.mlflow import export_after_run, mlflow_settings
     from envkit.engine import connect
     from envkit.run.executor import Sink
     from envkit.run.runner import RunRequest, run
@@ -75,21 +98,37 @@ def run_cmd(
         env=_parse_env(env or []), memory=memory, project=Path.cwd(),
         command=["envkit", *sys.argv[1:]] if sys.argv and "envkit" in Path(sys.argv[0]).name else [],
     )
+    request = configured_request(request, list(inputs or []), {"gpus": _gpus, "trace": _trace})
+    tracker = mlflow_settings(mlflow)  # a bad --mlflow is refused before the job, not after it
     if backend == "slurm":
         from envkit.cli.sweep import run_on_slurm
         from envkit.sweep.slurm import SlurmOptions
 
         options = SlurmOptions(partition=partition, gres=gres, time=time_limit, extra_args=tuple(sbatch or ()))
-        raise typer.Exit(run_on_slurm(request, options, json_out))
-    store = FileStore(store_dir(request.project))
-    record = run(connect(), store, request, sink=Sink(None, None) if json_out else None,
-                 on_started=None if json_out else (lambda rid: err_console.print(f"run {rid} started",
-                                                                                    highlight=False)))
+        raise typer.Exit(run_on_slurm(request, options, json_out, tracker))
+    store = FileStore(store_dir())
+    progress = LiveProgress(enabled=not json_out and err_console.is_terminal)
+
+    def on_started(rid: str) -> None:
+        progress.pause()  # the job's own output comes next
+        if not json_out:
+            err_console.print(f"run {rid} started", highlight=False)
+
+    try:
+        record = run(connect(), store, request, sink=Sink(None, None) if json_out else None, on_started=on_started,
+                     on_warning=lambda line: err_console.print(f"warning: {line}", highlight=False),
+                     progress=progress)
+    finally:
+        progress.pause()
+    # The export comes after the record's final write; its trouble is a warning, never the exit code.
     if json_out:
-        print_json(summary(record))
+        print_json({**summary(record), **outcome(record)}
+                   | ({"mlflow": export_after_run(store, record, tracker)} if tracker else {}))
     else:
         err_console.print(f"run {record.run_id}: {record.status}, exit {record.exit_code}, "
                           f"{len(record.outputs)} outputs, {record.timings.run_s:.1f} s", highlight=False)
+        if tracker:
+            export_after_run(store, record, tracker)
         typer.echo(record.run_id)
     code = 130 if record.status == "interrupted" else (record.exit_code or 0)
     raise typer.Exit(code)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from envkit.cli import app
-from envkit.cli._console import err_console, print_json
+from envkit.cli._console import err_console, print_json, printable
+from envkit.cli._options import complete_run_id
 
 if TYPE_CHECKING:
     from envkit.store.layout import RunLayout
@@ -34,7 +35,8 @@ def runs_cmd(
     store = FileStore(store_dir())
     listing = store.list(limit=limit or None)
     for broken in listing.broken:
-        err_console.print(f"warning: skipped {broken.name}: {broken.reason}", highlight=False, markup=False)
+        err_console.print(f"warning: skipped {printable(broken.name)}: {printable(broken.reason)}", highlight=False,
+                          markup=False)
     if json_out:
         # One run per line: still a JSON list, made of the summaries' stored text (encoding 10,000 objects again,
         # let alone with indent=, which falls back to json's pure-Python encoder, costs more than the listing).
@@ -50,7 +52,8 @@ def runs_cmd(
 
 @app.command("show")
 def show_cmd(
-    run_id: str = typer.Argument(..., metavar="RUN_ID", help="A run id from `envkit runs`."),
+    run_id: str = typer.Argument(..., metavar="RUN_ID", help="A run id from `envkit runs`, a unique prefix, or last.",
+                                 autocompletion=complete_run_id),
     json_out: bool = typer.Option(False, "--json", help="Print the whole record as JSON."),
 ) -> None:
     """Show one run: command, seed, image, code, inputs, outputs, logs, timings and host."""
@@ -58,7 +61,7 @@ def show_cmd(
     from envkit.store.filestore import FileStore
 
     store = FileStore(store_dir())
-    record = store.read(run_id)
+    record = store.read(store.resolve(run_id))
     if json_out:
         print_json(record.to_dict())
     else:
@@ -66,15 +69,16 @@ def show_cmd(
 
 
 def render_runs_table(runs: Iterable[Mapping[str, Any]]) -> str:
-    """Fixed-width columns, one run a line (plain text: fast for thousands of runs, easy to grep).
+    """Fixed-width columns, one run a line (plain text: fast for thousands of runs, easy to grep). A record may come
+    from someone else (an imported bundle), so control characters in its values are shown escaped.
 
     Args:
         runs: run summaries as dicts (``Listing.rows`` or ``RunSummary.to_dict()``); building 10,000 objects first
             would cost as much as the rendering.
     """
     rows = [_COLUMNS] + [
-        (s["run_id"], s["status"], _v(s["seed"], "-"), s["determinism"], _v(s["script"], "-"),
-         _v(s["exit_code"], "-"), duration(s["duration_s"]), short_image(s["image_id"]))
+        tuple(map(printable, (s["run_id"], s["status"], _v(s["seed"], "-"), s["determinism"], _v(s["script"], "-"),
+                              _v(s["exit_code"], "-"), duration(s["duration_s"]), short_image(s["image_id"]))))
         for s in runs
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
@@ -82,16 +86,22 @@ def render_runs_table(runs: Iterable[Mapping[str, Any]]) -> str:
 
 
 def render_record(record: RunRecord, layout: RunLayout) -> str:
-    """A readable summary of a run record; `--json` has everything."""
-    lines = [f"run {record.run_id}: {record.status}"
+    """A readable summary of a run record; `--json` has everything. Control characters in its values (a record may
+    come from someone else) are shown escaped."""
+    lines = [f"run {record.run_id}: {printable(record.status)}"
              + (f" (exit {record.exit_code})" if record.exit_code is not None else "")]
 
     def row(name: str, value: Any) -> None:
         if value not in (None, "", []):
-            lines.append(f"  {name:<13}{value}")
+            lines.append(f"  {name:<13}{printable(value)}")
 
     row("command", " ".join(record.command))
-    row("script", " ".join([record.script or "", *record.args]).strip())
+    if record.script:
+        row("script", " ".join([record.script, *record.args]).strip())
+    row("job", " ".join(record.job_argv) if record.argv else None)
+    if record.processes:
+        row("processes", f"{record.processes} seeded Python process{'es' if record.processes != 1 else ''}, "
+                         f"world size {record.world_size or 1}")
     row("seed", record.seed)
     row("determinism", f"{record.determinism}, {record.threads} thread(s), cpu profile {record.cpu_profile}")
     row("created", record.created)
@@ -111,9 +121,13 @@ def render_record(record: RunRecord, layout: RunLayout) -> str:
             git = f", git {code.git_commit[:12]}" + (" with uncommitted changes" if code.git_dirty else "")
         row("code", f"{len(code.files)} files, sha256 {code.sha256[:12]}{git}")
     row("inputs", _files(record.inputs))
+    row("upstream", ", ".join(dict.fromkeys(link.run_id for link in record.upstream)))
+    for link in record.upstream:
+        lines.append(f"    {printable(link.path)} of run {printable(link.run_id)} at {printable(link.target)} "
+                     f"({size(link.size)}, {printable(link.sha256[:12])})")
     row("outputs", _files(record.outputs))
     for entry in record.outputs[:20]:
-        lines.append(f"    {entry.path} ({size(entry.size)}, {entry.sha256[:12]})")
+        lines.append(f"    {printable(entry.path)} ({size(entry.size)}, {printable(entry.sha256[:12])})")
     if len(record.outputs) > 20:
         lines.append(f"    ... {len(record.outputs) - 20} more (--json lists all)")
     row("stdout", layout.stdout_log)

@@ -19,8 +19,8 @@ from envkit.cli import app
 from envkit.cli._console import err_console, print_json
 from envkit.cli._options import choice
 from envkit.cli.run import _gpus, _parse_env, _trace
-from envkit.errors import EXIT_SWEEP_RUNS_FAILED, ProjectConfigError
-from envkit.settings import CPU_PROFILES, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE, DETERMINISM_LEVELS
+from envkit.errors import EXIT_SWEEP_RUNS_FAILED
+from envkit.settings import CPU_PROFILES, DETERMINISM_LEVELS, NETWORK_MODES
 
 SUBCOMMANDS_HELP = ("Seed sweeps. Start one with `envkit sweep --seeds 0-9 [OPTIONS] SCRIPT [ARGS]` (the same as "
                     "`envkit sweep run ...`); then show, status, compare, cancel. `envkit sweeps` lists them.")
@@ -62,7 +62,7 @@ def sweep_run_cmd(
     mount: list[str] = typer.Option(None, "--mount", help="SRC:DST read-only data, hashed as inputs (repeatable)."),
     trace: str = typer.Option(None, "--trace", callback=lambda v: v if v is None else _trace(v),
                               help="Parameter digests every N optimizer steps; auto; off."),
-    network: str = typer.Option(None, "--network", help="none (default) or bridge."),
+    network: str = typer.Option(None, "--network", callback=choice(NETWORK_MODES), help="none (default) or bridge."),
     env: list[str] = typer.Option(None, "--env", help="KEY=VALUE for every run (repeatable)."),
     memory: str = typer.Option(None, "--memory", help="Memory limit per run, e.g. 4g (also bounds --parallel)."),
     partition: str = typer.Option(None, "--partition", help="Slurm: the partition."),
@@ -77,7 +77,7 @@ def sweep_run_cmd(
     """Run SCRIPT once per seed, each a normal recorded run, and report mean, spread and a 95% interval per metric.
 
     The job writes metrics.json (a flat map of names to numbers) into $ENVKIT_OUTPUT_DIR or its working folder.
-    Exit code: 0 when every run succeeded, 5 when one failed (the others are kept), 130 when interrupted.
+    Exit code: 0 when every run succeeded, 6 when one failed (the others are kept), 130 when interrupted.
     """
     from envkit.sweep.seeds import choose_seeds
     from envkit.sweep.slurm import SlurmOptions
@@ -97,29 +97,25 @@ def sweep_run_cmd(
 def run_request(script: str, args: list[str] | None, lock: Path | None, image: str | None,
                 determinism: str | None, threads: int | None, gpus: str | None, cpu_profile: str | None,
                 mounts: list[str] | None, trace: str | None, network: str | None, env: list[str] | None,
-                memory: str | None, seed: int = 0) -> Any:
-    """A RunRequest from the options, the project's configuration filling what they leave out."""
-    from envkit.project import load_config
+                memory: str | None) -> Any:
+    """A RunRequest from the options, the project's configuration filling what they leave out (as for `envkit run`;
+    the seed is the sweep's)."""
+    from envkit.run.defaults import project_config, run_settings
     from envkit.run.runner import RunRequest
 
-    config = load_config()
-    if lock is None and image is None:
-        lock, image = config.lock, config.image
-    determinism = determinism or config.determinism or DEFAULT_DETERMINISM
-    cpu_profile = cpu_profile or config.cpu_profile
-    for name, value, choices in (("determinism", determinism, DETERMINISM_LEVELS),
-                                 ("cpu_profile", cpu_profile, (None, *CPU_PROFILES))):
-        if value not in choices:
-            raise ProjectConfigError(f"{config.source}: {name} = {value!r} is not one of "
-                                     f"{', '.join(c for c in choices if c)}")
-    return RunRequest(
-        script=script, args=list(args or []), seed=seed, lock=lock, image=image, determinism=determinism,
-        threads=threads or config.threads or DEFAULT_THREADS, gpus=gpus or config.gpus or "none",
-        cpu_profile=cpu_profile, mounts=list(mounts or config.mounts), trace=trace or config.trace or DEFAULT_TRACE,
-        network=network or config.network or "none", env={**config.env, **_parse_env(env or [])},
-        memory=memory or config.memory, project=Path.cwd(),
-        command=["envkit", *sys.argv[1:]] if sys.argv and "envkit" in Path(sys.argv[0]).name else [],
-    )
+    config = project_config()
+    settings = run_settings(config, seed=0, lock=lock, image=image, determinism=determinism, threads=threads,
+                            gpus=gpus, cpu_profile=cpu_profile, network=network, trace=trace, memory=memory,
+                            mounts=list(mounts or []), env=_parse_env(env or []))
+    for name, given, check in (("gpus", gpus, _gpus), ("trace", trace, _trace)):
+        if given is None and config.source is not None:
+            try:
+                check(settings[name])
+            except typer.BadParameter as exc:
+                raise typer.BadParameter(f"{exc.message} (from {config.source.name})", param_hint=name) from None
+    return RunRequest(script=script, args=list(args or []), project=Path.cwd(),
+                      command=["envkit", *sys.argv[1:]] if sys.argv and "envkit" in Path(sys.argv[0]).name else [],
+                      **settings)
 
 
 def start(request: Any, json_out: bool, plot: Path | None) -> int:
@@ -160,7 +156,7 @@ def start(request: Any, json_out: bool, plot: Path | None) -> int:
 
 
 def exit_code(status: str) -> int:
-    """A sweep's exit code: 0 every run succeeded, 5 one failed (the others are kept), 130 interrupted."""
+    """A sweep's exit code: 0 every run succeeded, 6 one failed (the others are kept), 130 interrupted."""
     return {"succeeded": 0, "interrupted": 130, "running": 0}.get(status, EXIT_SWEEP_RUNS_FAILED)
 
 
@@ -225,8 +221,10 @@ def task_cmd(
     raise typer.Exit(task_exit_code(record))
 
 
-def run_on_slurm(request: Any, options: Any, json_out: bool) -> int:
+def run_on_slurm(request: Any, options: Any, json_out: bool, tracker: Any = None) -> int:
     """`envkit run --backend slurm`: one run as a one-task Slurm array; its output, then its run id. The exit code."""
+    from envkit.cli._runcmd import outcome as outcome_of
+    from envkit.cli.mlflow import export_after_run
     from envkit.cli.run import summary
     from envkit.engine import connect
     from envkit.errors import SlurmError
@@ -251,7 +249,9 @@ def run_on_slurm(request: Any, options: Any, json_out: bool) -> int:
                          hint=f"its log: {log}")
     record = store.read(state.run_id)
     if json_out:
-        print_json({**summary(record), "sweep_id": outcome.sweep.sweep_id, "scheduler": record.scheduler})
+        print_json({**summary(record), **outcome_of(record), "sweep_id": outcome.sweep.sweep_id,
+                    "scheduler": record.scheduler}
+                   | ({"mlflow": export_after_run(store, record, tracker)} if tracker else {}))
     else:
         layout = store.layout(record.run_id)
         for log, stream in ((layout.stdout_log, sys.stdout), (layout.stderr_log, sys.stderr)):
@@ -262,5 +262,7 @@ def run_on_slurm(request: Any, options: Any, json_out: bool) -> int:
         where = (record.scheduler or {}).get("node")
         err_console.print(f"run {record.run_id}: {record.status}, exit {record.exit_code}, {len(record.outputs)} "
                           f"outputs{f', on {where}' if where else ''}", highlight=False)
+        if tracker:
+            export_after_run(store, record, tracker)
         typer.echo(record.run_id)
     return 130 if record.status == "interrupted" else (record.exit_code or 0)

@@ -120,7 +120,7 @@ def status_cmd(
     follow_: bool = typer.Option(False, "--follow", "-f", help="Wait with progress until every seed is finished."),
     json_out: bool = typer.Option(False, "--json", help="Print every seed's state as JSON."),
 ) -> None:
-    """Where each seed of a sweep stands (a Slurm sweep: asks Slurm). Exit 5 once finished with a failed seed."""
+    """Where each seed of a sweep stands (a Slurm sweep: asks Slurm). Exit 6 once finished with a failed seed."""
     from envkit.sweep.workflow import follow
 
     store = _store()

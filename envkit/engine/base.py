@@ -69,6 +69,7 @@ class ContainerSpec:
     security_opt: tuple[str, ...] = ()
     pids_limit: int | None = None
     ulimits: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (soft, hard)
+    hostname: str | None = None  # set and resolvable to 127.0.0.1 inside (torchrun's rendezvous looks it up)
 
 
 @dataclass(frozen=True)

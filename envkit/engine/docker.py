@@ -231,6 +231,10 @@ class DockerEngine(Engine):
             kwargs["security_opt"] = list(spec.security_opt)
         if spec.pids_limit:
             kwargs["pids_limit"] = spec.pids_limit
+        if spec.hostname:
+            # With --network none, Docker's /etc/hosts does not name the container: map it to the loopback.
+            kwargs["hostname"] = spec.hostname
+            kwargs["extra_hosts"] = {spec.hostname: "127.0.0.1"}
         if spec.ulimits:
             kwargs["ulimits"] = [docker.types.Ulimit(name=n, soft=s, hard=h) for n, (s, h) in spec.ulimits.items()]
         return kwargs

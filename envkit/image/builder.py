@@ -7,6 +7,7 @@ from them, the build streams its steps, and a failure shows the failing step's l
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 import time
@@ -15,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from envkit.atomic import atomic_write
 from envkit.engine import Engine
 from envkit.errors import BuildError, ImageNotFoundError, PlatformError
 from envkit.image.render import BuildPlan, plan_build
 from envkit.image.wheels import Progress, ensure_wheels, link_or_copy
+from envkit.lock.localsources import LocalSources
 from envkit.lock.model import Lockfile
-from envkit.settings import LABEL_BUILD_KEY, wheel_cache_dir
+from envkit.settings import build_cache_dir, wheel_cache_dir
 
 _STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
@@ -49,9 +52,34 @@ def check_platform(engine: Engine, lock: Lockfile) -> None:
         )
 
 
+def _cache_entry(build_key: str) -> Path:
+    if not re.fullmatch(r"[0-9a-f]{64}", build_key):
+        raise ValueError(f"malformed build key {build_key!r}")
+    return build_cache_dir() / f"{build_key}.json"
+
+
 def find_cached(engine: Engine, build_key: str) -> str | None:
-    images = engine.images_labelled(LABEL_BUILD_KEY, build_key)
-    return images[0].id if images else None
+    """The image envkit built for this key, if this engine still has it.
+
+    The key -> image ID map is envkit's own (in its cache folder), never an image label: anyone can label an image
+    with a public lock's key and load it (a bundle, a pull); such an image is never taken for envkit's build.
+    """
+    try:
+        image_id = json.loads(_cache_entry(build_key).read_text())["image_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(image_id, str) or engine.find_image(image_id) is None:
+        return None
+    return image_id
+
+
+def remember_build(build_key: str, image_id: str) -> None:
+    """Record that envkit built ``image_id`` for ``build_key`` (best effort: a miss only costs a build)."""
+    try:
+        build_cache_dir().mkdir(parents=True, exist_ok=True)
+        atomic_write(_cache_entry(build_key), json.dumps({"image_id": image_id, "built": time.time()}), durable=False)
+    except OSError:
+        pass
 
 
 def build_image(
@@ -84,11 +112,12 @@ def build_image(
             engine.tag(cached, plan.tag)
             return BuildResult(cached, plan.tag, plan.build_key, True, time.monotonic() - t0)
     _require_base(engine, lock)
-    wheels = ensure_wheels(lock.packages, wheel_cache_dir(), progress)
+    wheels = ensure_wheels(lock.packages, wheel_cache_dir(), progress, sources=LocalSources.for_lock(lock))
     with tempfile.TemporaryDirectory(prefix="envkit-build-") as tmp:
         ctx = Path(tmp)
         _write_context(ctx, plan, wheels)
         image_id, steps = _build(engine, ctx, plan, no_cache, on_step)
+    remember_build(plan.build_key, image_id)
     return BuildResult(image_id, plan.tag, plan.build_key, False, time.monotonic() - t0, steps=steps)
 
 

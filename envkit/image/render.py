@@ -6,11 +6,12 @@ Nothing here touches the engine or the network, so it is unit-tested as text and
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 from envkit import __version__, cpuprofile
-from envkit.lock.model import Lockfile
+from envkit.errors import LockfileError
+from envkit.lock.model import Lockfile, check_values
+from envkit.lock.values import has_control, shown
 from envkit.resources import docker_file, injob_sources
 from envkit.settings import (
     IMAGE_VENV,
@@ -88,10 +89,24 @@ def labels(lock: Lockfile, cpu_profile: str, build_key: str) -> dict[str, str]:
 
 
 def _quote(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid double-quoted Dockerfile value
+    """``value`` as one double-quoted Dockerfile word.
+
+    Inside double quotes the builder takes backslash, quote and dollar as escapes and expands ``$VAR``, so those
+    three are escaped; a control character (a newline would start a new instruction) is refused.
+    """
+    if has_control(value):
+        raise LockfileError(f"the Dockerfile value {shown(value)} contains a control character")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
 def render_dockerfile(lock: Lockfile, cpu_profile: str, build_key: str) -> str:
+    """The Dockerfile text. Every lock value in it was checked (:func:`envkit.lock.model.check_values`): a lock made
+    in code, not read from a file, is checked here too, since a newline in a name or key would add instructions.
+
+    Raises:
+        LockfileError: a value of the lock cannot be written into a Dockerfile.
+    """
+    check_values(lock, f"lock {shown(lock.name)}")
     template = docker_file("Dockerfile.template").read_text(encoding="utf-8")
     env = image_env(lock, cpu_profile)
     env_lines = " \\\n    ".join(f"{k}={_quote(v)}" for k, v in env.items())

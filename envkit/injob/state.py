@@ -15,6 +15,7 @@ role                       ``main``, ``subprocess``, ``spawn child``, ``fork chi
                            ``dataloader worker K``, ``dataloader worker K of rank N``, ``pool worker``,
                            ``executor worker``
 rank, worker_id            torch.distributed rank (``RANK``), DataLoader worker id
+world_size                 torch.distributed world size (``WORLD_SIZE``) as the process saw it at start, or null
 seed                       the run's seed (``ENVKIT_SEED``)
 process_seed               the seed the global generators of this process got last (a derived one in workers)
 determinism                ``strict`` | ``warn`` | ``seed`` | ``off``
@@ -122,9 +123,9 @@ def parse_threads(value, name="threads"):
 def new_report(role, rank):
     return {
         "schema_version": SCHEMA_VERSION, "pid": os.getpid(), "ppid": os.getppid(), "role": role,
-        "rank": rank, "worker_id": None, "seed": None, "process_seed": None, "determinism": None,
-        "derived_seeds": None, "stream": None, "derived_counts": {}, "hashseed": None, "hashseed_ok": None,
-        "threads": None, "thread_env": {}, "cublas_workspace_config": None, "libraries": {},
+        "rank": rank, "world_size": env_int("WORLD_SIZE"), "worker_id": None, "seed": None, "process_seed": None,
+        "determinism": None, "derived_seeds": None, "stream": None, "derived_counts": {}, "hashseed": None,
+        "hashseed_ok": None, "threads": None, "thread_env": {}, "cublas_workspace_config": None, "libraries": {},
         "torch_version": None, "torch_git_version": None, "torch_cuda_version": None, "cudnn_version": None,
         "cpu_capability": None, "torch_num_threads": None, "torch_num_interop_threads": None,
         "deterministic_algorithms": None, "deterministic_warn_only": None, "cudnn_deterministic": None,
@@ -209,9 +210,13 @@ def warn(message, stderr=True):
         sys.stderr.write(f"envkit: warning: {message}\n")
 
 
-def env_rank():
-    value = os.environ.get("RANK", "").strip()
+def env_int(name):
+    value = os.environ.get(name, "").strip()
     return int(value) if value.isdigit() else None
+
+
+def env_rank():
+    return env_int("RANK")
 
 
 def current_rank():

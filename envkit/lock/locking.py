@@ -70,6 +70,7 @@ def lock_spec(engine: Engine, spec_path: Path, output: Path | None = None,
         SpecError, ImageNotFoundError (the base), ResolveError.
     """
     from envkit.lock.basepin import inspect_base
+    from envkit.lock.localsources import remember
     from envkit.lock.model import write_lockfile
     from envkit.lock.pipconfig import host_pip_sources
     from envkit.lock.resolver import UvResolver
@@ -81,4 +82,5 @@ def lock_spec(engine: Engine, spec_path: Path, output: Path | None = None,
     lock = make_lock(spec, resolver or UvResolver(), base, sources)
     path = output or Path("lockfiles") / f"{spec.name}.lock.yaml"
     write_lockfile(lock, path)
+    remember(lock)  # its local sources are this host's own: `envkit build` may read wheels from them
     return LockResult(path, lock)

@@ -21,11 +21,28 @@ import yaml
 
 from envkit.atomic import atomic_write
 from envkit.errors import LockfileError
+from envkit.lock.values import (
+    DIGEST,
+    ENV_NAME,
+    FULL_PYTHON,
+    IMAGE_REF,
+    NAME,
+    PLATFORM,
+    PROJECT,
+    SHA256,
+    VERSION,
+    has_control,
+    python_problem,
+    shown,
+    url_problem,
+    wheel_filename_problem,
+)
 from envkit.lock.yamlfile import read_yaml
 
 SCHEMA_VERSION = 1
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_TOP = {"schema_version", "content_sha256", "name", "python", "platform", "base", "requirements", "sources",
+        "environment", "packages", "generated_by"}
+_PACKAGE = ("name", "version", "filename", "url", "sha256")
 
 
 @dataclass(frozen=True)
@@ -112,8 +129,9 @@ def load_lockfile(path: Path) -> Lockfile:
     """Read, validate and hash-check a lockfile.
 
     Raises:
-        LockfileError: missing, malformed, unknown schema version, unknown keys, a package without a hash, or a
-            content hash that does not match (edited by hand).
+        LockfileError: missing, malformed, unknown schema version, unknown keys, a value of the wrong type or shape
+            (a wheel file name that is not a bare wheel name of its package, a control character anywhere), a
+            package without a hash, or a content hash that does not match (edited by hand).
     """
     data = read_yaml(path, LockfileError, "lockfile", missing_hint="create one with `envkit lock SPEC.yaml`",
                      invalid_hint="regenerate it with `envkit lock SPEC.yaml`")
@@ -121,73 +139,128 @@ def load_lockfile(path: Path) -> Lockfile:
 
 
 def parse_lockfile(data: Any, source: str = "lockfile") -> Lockfile:
+    """Validate a lockfile's parsed YAML: its shape and types, its content hash, then each value.
+
+    A lock may come from someone else, and anyone can recompute its content hash, so the hash only catches edits
+    by hand: each value is then checked for what it becomes (a cache path, a Dockerfile line, an image tag).
+    """
     if not isinstance(data, dict):
         raise LockfileError(f"{source} is not an envkit lockfile (expected a mapping)")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise LockfileError(
-            f"{source}: unknown lockfile schema_version {version!r} (this envkit reads {SCHEMA_VERSION})",
+            f"{source}: unknown lockfile schema_version {shown(version)} (this envkit reads {SCHEMA_VERSION})",
             hint="upgrade envkit, or regenerate the lock with `envkit lock SPEC.yaml`",
         )
-    top = {"schema_version", "content_sha256", "name", "python", "platform", "base", "requirements", "sources",
-           "environment", "packages", "generated_by"}
-    _check_keys(data, top, source, "lockfile")
-    try:
-        platform = Platform(**_mapping(data, "platform", {"os", "arch", "tag"}, source))
-        base_d = _mapping(data, "base", {"ref", "digest", "python", "repo_digest", "source"}, source,
-                          optional={"repo_digest", "source"})
-        base = BaseImage(**base_d)
-        packages = tuple(_package(p, i, source) for i, p in enumerate(data.get("packages") or []))
-        lock = Lockfile(
-            name=str(data["name"]),
-            python=str(data["python"]),
-            platform=platform,
-            base=base,
-            requirements=tuple(str(r) for r in data.get("requirements") or ()),
-            sources={str(k): [str(x) for x in v] for k, v in (data.get("sources") or {}).items()},
-            environment={str(k): str(v) for k, v in (data.get("environment") or {}).items()},
-            packages=packages,
-            generated_by=str(data.get("generated_by", "")),
-            schema_version=SCHEMA_VERSION,
-            content_sha256=str(data.get("content_sha256") or ""),
-        )
-    except KeyError as exc:
-        raise LockfileError(f"{source}: missing key {exc.args[0]!r}") from exc
-    if not _DIGEST_RE.match(lock.base.digest):
-        raise LockfileError(f"{source}: base digest {lock.base.digest!r} is not sha256:<64 hex>")
-    if not lock.packages:
+    _check_keys(data, _TOP, source, "lockfile")
+    for key in ("name", "python", "platform", "base", "packages"):
+        if key not in data:
+            raise LockfileError(f"{source}: missing key {key!r}")
+    problem = python_problem(data["python"])
+    if problem:
+        raise LockfileError(f"{source}: python {problem}")
+    p = _mapping(data, "platform", {"os", "arch", "tag"}, source)
+    b = _mapping(data, "base", {"ref", "digest", "python", "repo_digest", "source"}, source,
+                 optional={"repo_digest", "source"})
+    packages = data["packages"]
+    if packages is not None and not isinstance(packages, list):
+        raise LockfileError(f"{source}: packages must be a list of packages, not {type(packages).__name__}")
+    if not packages:
         raise LockfileError(f"{source}: pins no packages")
+    lock = Lockfile(
+        name=_string(data["name"], source, "name"),
+        python=data["python"],
+        platform=Platform(**{k: _string(p[k], source, f"platform.{k}") for k in ("os", "arch", "tag")}),
+        base=BaseImage(**{k: _string(b[k], source, f"base.{k}", optional=k in ("repo_digest", "source"))
+                          for k in ("ref", "digest", "python", "repo_digest", "source") if k in b}),
+        requirements=tuple(_strings(data.get("requirements"), source, "requirements")),
+        sources={k: _strings(v, source, f"sources value of {shown(k)}")
+                 for k, v in _string_map(data.get("sources"), source, "sources", None).items()},
+        environment=_string_map(data.get("environment"), source, "environment", str),
+        packages=tuple(_package(p, i, source) for i, p in enumerate(packages)),
+        generated_by=_string(data.get("generated_by", ""), source, "generated_by"),
+        schema_version=SCHEMA_VERSION,
+        content_sha256=_string(data.get("content_sha256") or "", source, "content_sha256"),
+    )
     if lock.content_sha256 != lock.computed_sha256():
         raise LockfileError(
             f"{source}: content hash does not match its content (the lockfile was edited by hand)",
             hint="regenerate it with `envkit lock SPEC.yaml` instead of editing it",
         )
+    check_values(lock, source)
     return lock
+
+
+def check_values(lock: Lockfile, source: str = "lockfile") -> None:
+    """Each value of ``lock`` has the shape its use needs; a control character anywhere is refused.
+
+    Raises:
+        LockfileError: naming the value.
+    """
+    def text(value: str | None, what: str, pattern: re.Pattern[str] | None = None, expected: str = "") -> None:
+        if value is None:
+            return
+        if pattern is not None and not pattern.fullmatch(value):
+            raise LockfileError(f"{source}: {what} {shown(value)} {expected}", hint=_HOSTILE_HINT)
+        if has_control(value):
+            raise LockfileError(f"{source}: {what} {shown(value)} contains a control character", hint=_HOSTILE_HINT)
+
+    text(lock.name, "lock name", NAME, "must be lowercase letters, digits, '.', '_' or '-'")
+    text(lock.platform.os, "platform.os", re.compile("linux"), "is not linux")
+    text(lock.platform.arch, "platform.arch", re.compile("x86_64|aarch64"), "is not x86_64 or aarch64")
+    text(lock.platform.tag, "platform.tag", PLATFORM, "is not e.g. x86_64-manylinux_2_28")
+    text(lock.base.ref, "base.ref", IMAGE_REF, "is not an image reference")
+    text(lock.base.digest, "base.digest", DIGEST, "is not sha256:<64 hex>")
+    text(lock.base.python, "base.python", FULL_PYTHON, "is not a Python version")
+    text(lock.base.repo_digest, "base.repo_digest", IMAGE_REF, "is not an image reference")
+    text(lock.base.source, "base.source")
+    text(lock.generated_by, "generated_by")
+    for i, req in enumerate(lock.requirements):
+        text(req, f"requirements[{i}]")
+    for key, values in lock.sources.items():
+        text(key, "sources key")
+        for value in values:
+            text(value, f"sources value of {shown(key)}")
+    for key, value in lock.environment.items():
+        text(key, "environment variable name", ENV_NAME, "is not a variable name")
+        text(value, f"environment value of {shown(key)}")
+    for pkg in lock.packages:
+        where = f"package {pkg.name if PROJECT.fullmatch(pkg.name) else shown(pkg.name)}"
+        text(pkg.name, f"{where}: name", PROJECT, "is not a valid project name")
+        text(pkg.version, f"{where}: version", VERSION, "is not a valid version")
+        text(pkg.sha256, f"{where}: sha256", SHA256, "is malformed (64 lowercase hex digits expected)")
+        problem = wheel_filename_problem(pkg.filename, pkg.name, pkg.version) or url_problem(pkg.url)
+        if problem:
+            raise LockfileError(f"{source}: {where}: {problem}", hint=_HOSTILE_HINT)
+
+
+_HOSTILE_HINT = "the lockfile was written by another tool or altered; regenerate it with `envkit lock SPEC.yaml`"
 
 
 def _package(p: Any, i: int, source: str) -> PinnedPackage:
     if not isinstance(p, dict):
         raise LockfileError(f"{source}: packages[{i}] is not a mapping")
-    name = p.get("name", f"packages[{i}]")
-    _check_keys(p, {"name", "version", "filename", "url", "sha256"}, source, f"package {name}")
-    sha = p.get("sha256")
-    if not sha:
+    name = p.get("name")
+    label = name if isinstance(name, str) and PROJECT.fullmatch(name) else f"packages[{i}]"
+    _check_keys(p, set(_PACKAGE), source, f"package {label}")
+    if not p.get("sha256"):
         raise LockfileError(
-            f"{source}: package {name} has no sha256 hash",
+            f"{source}: package {label} has no sha256 hash",
             hint="every package must be pinned with a hash; regenerate with `envkit lock SPEC.yaml`",
         )
-    if not _SHA_RE.match(str(sha)):
-        raise LockfileError(f"{source}: package {name} has a malformed sha256 {sha!r}")
-    try:
-        return PinnedPackage(**{k: str(p[k]) for k in ("name", "version", "filename", "url", "sha256")})
-    except KeyError as exc:
-        raise LockfileError(f"{source}: package {name} lacks {exc.args[0]!r}") from exc
+    missing = [k for k in _PACKAGE if k not in p]
+    if missing:
+        raise LockfileError(f"{source}: package {label} lacks {missing[0]!r}")
+    return PinnedPackage(**{k: _string(p[k], source, f"package {label}: {k}") for k in _PACKAGE})
 
 
-def _check_keys(d: dict[str, Any], allowed: set[str], source: str, what: str) -> None:
+def _check_keys(d: dict[Any, Any], allowed: set[str], source: str, what: str) -> None:
+    odd = [k for k in d if not isinstance(k, str)]
+    if odd:
+        raise LockfileError(f"{source}: keys must be strings; {what} has the key {shown(odd[0])}")
     unknown = sorted(set(d) - allowed)
     if unknown:
-        raise LockfileError(f"{source}: unknown key {unknown[0]!r} in {what}",
+        raise LockfileError(f"{source}: unknown key {shown(unknown[0])} in {what}",
                             hint="the lockfile was edited by hand or written by another tool")
 
 
@@ -200,4 +273,32 @@ def _mapping(data: dict[str, Any], key: str, allowed: set[str], source: str,
     missing = allowed - (optional or set()) - set(value)
     if missing:
         raise LockfileError(f"{source}: {key} lacks {sorted(missing)[0]!r}")
-    return {k: (None if value.get(k) is None else str(value[k])) for k in allowed if k in value}
+    return value
+
+
+def _string(value: Any, source: str, what: str, optional: bool = False) -> Any:
+    if not isinstance(value, str) and not (optional and value is None):
+        raise LockfileError(f"{source}: {what} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _strings(value: Any, source: str, what: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise LockfileError(f"{source}: {what} must be a list of strings, not {type(value).__name__}")
+    return [_string(v, source, f"{what}[{i}]") for i, v in enumerate(value)]
+
+
+def _string_map(value: Any, source: str, what: str, values: type | None) -> dict[str, Any]:
+    """A mapping with string keys (and ``values``-typed values when given)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise LockfileError(f"{source}: {what} must be a mapping, not {type(value).__name__}")
+    if not all(isinstance(k, str) for k in value):
+        raise LockfileError(f"{source}: {what} keys must be strings")
+    for k, v in value.items():
+        if values is not None and not isinstance(v, values):
+            raise LockfileError(f"{source}: {what} value of {shown(k)} must be a string, not {type(v).__name__}")
+    return dict(value)

@@ -20,18 +20,13 @@ Unknown keys are refused, so a typo never silently does nothing.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from envkit.errors import SpecError
+from envkit.lock.values import ENV_NAME, IMAGE_REF, NAME, PLATFORM, has_control, python_problem, shown
 from envkit.lock.yamlfile import read_yaml
-
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_PY_RE = re.compile(r"^3\.\d{1,2}$")
-_PLATFORM_RE = re.compile(r"^(x86_64|aarch64)-manylinux_2_(\d{1,2})$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _KEYS = {"name", "python", "base", "platform", "packages", "find_links", "indexes", "index_url", "pip_config", "env"}
 _REQUIRED = ("name", "python", "base", "packages")
@@ -58,7 +53,7 @@ class Spec:
 
     @property
     def manylinux(self) -> tuple[int, int]:
-        m = _PLATFORM_RE.match(self.platform)
+        m = PLATFORM.fullmatch(self.platform)
         assert m is not None  # validated in parse_spec
         return 2, int(m.group(2))
 
@@ -78,10 +73,12 @@ def parse_spec(data: Any, source: str = "spec") -> Spec:
     """Validate a spec's parsed YAML."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: the spec must be a mapping of keys (name, python, base, packages, ...)")
+    if not all(isinstance(k, str) for k in data):
+        raise SpecError(f"{source}: keys must be strings, such as name, python, base, packages")
     unknown = sorted(set(data) - _KEYS)
     if unknown:
         raise SpecError(
-            f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
+            f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(shown, unknown))}",
             hint=f"allowed keys: {', '.join(sorted(_KEYS))}",
         )
     missing = [k for k in _REQUIRED if k not in data or data[k] in (None, "", [])]
@@ -89,17 +86,18 @@ def parse_spec(data: Any, source: str = "spec") -> Spec:
         raise SpecError(f"{source}: missing required key{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
 
     name = _str(data, "name", source)
-    if not _NAME_RE.match(name):
-        raise SpecError(f"{source}: name {name!r} must be lowercase letters, digits, '.', '_' or '-'")
-    python = str(data["python"])
-    if not _PY_RE.match(python):
-        raise SpecError(f"{source}: python {python!r} must be a major.minor version such as \"3.11\"")
+    if not NAME.fullmatch(name):
+        raise SpecError(f"{source}: name {shown(name)} must be lowercase letters, digits, '.', '_' or '-'")
+    problem = python_problem(data["python"])
+    if problem:
+        raise SpecError(f"{source}: python {problem}")
+    python = data["python"]
     platform = str(data.get("platform", "x86_64-manylinux_2_28"))
     if platform in ("linux/x86_64", "linux/amd64"):
         platform = "x86_64-manylinux_2_28"
-    if not _PLATFORM_RE.match(platform):
+    if not PLATFORM.fullmatch(platform):
         raise SpecError(
-            f"{source}: platform {platform!r} is not supported",
+            f"{source}: platform {shown(platform)} is not supported",
             hint="use e.g. x86_64-manylinux_2_28 (linux/x86_64) or aarch64-manylinux_2_28",
         )
     packages = data["packages"]
@@ -107,16 +105,26 @@ def parse_spec(data: Any, source: str = "spec") -> Spec:
         raise SpecError(f"{source}: packages must be a list of requirement lines such as 'torch==2.13.0'")
     _check_requirements(packages, source)
     env = data.get("env") or {}
-    if not isinstance(env, dict) or not all(_ENV_NAME_RE.match(str(k)) for k in env):
-        raise SpecError(f"{source}: env must map variable names to values")
+    if not isinstance(env, dict) or not all(isinstance(k, str) and ENV_NAME.fullmatch(k)
+                                            and isinstance(v, (str, int, float, bool)) for k, v in env.items()):
+        raise SpecError(f"{source}: env must map variable names to values (strings or numbers)")
+    bad = next((k for k, v in env.items() if has_control(str(v))), None)
+    if bad is not None:
+        raise SpecError(f"{source}: env value of {bad} contains a control character (a newline, an escape...)")
     pip_config = data.get("pip_config", True)
     if not isinstance(pip_config, bool):
         raise SpecError(f"{source}: pip_config must be true or false")
     index_url = data.get("index_url")
+    if index_url is not None and not isinstance(index_url, str):
+        raise SpecError(f"{source}: index_url must be a string (one URL)")
+    base = _str(data, "base", source)
+    if not IMAGE_REF.fullmatch(base):
+        raise SpecError(f"{source}: base {shown(base)} is not an image reference",
+                        hint="e.g. envkit/base:bookworm-py3.11 or python:3.11-slim@sha256:...")
     return Spec(
         name=name,
         python=python,
-        base=_str(data, "base", source),
+        base=base,
         packages=tuple(p.strip() for p in packages),
         platform=platform,
         find_links=_str_list(data, "find_links", source),
@@ -149,7 +157,7 @@ def _str_list(data: dict[str, Any], key: str, source: str) -> tuple[str, ...]:
     value = data.get(key) or []
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, str) and not has_control(v) for v in value):
         raise SpecError(f"{source}: {key} must be a list of strings")
     return tuple(value)
 

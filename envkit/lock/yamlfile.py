@@ -14,7 +14,8 @@ def read_yaml(path: Path, error: type[EnvkitError], what: str, missing_hint: str
     """The parsed YAML of ``path``.
 
     Raises:
-        ``error``: the file is missing, unreadable, a directory, or not YAML (with the line and column).
+        ``error``: the file is missing, unreadable, a directory, not YAML (with the line and column), or nested
+            too deeply to parse.
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -31,3 +32,5 @@ def read_yaml(path: Path, error: type[EnvkitError], what: str, missing_hint: str
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise error(f"{path} is not valid YAML{where}: {problem}", hint=invalid_hint) from exc
+    except RecursionError:  # PyYAML composes nested nodes recursively: a file of 100,000 '[' gets this far
+        raise error(f"{path} is nested too deeply to be a {what}", hint=invalid_hint) from None

@@ -36,7 +36,9 @@ from envkit import cpuprofile
 from envkit.engine import Container, ContainerSpec, Engine, GpuRequest, Mount
 from envkit.errors import EnvkitError, InputChangedError, JobError
 from envkit.manifest import ManifestEntry, manifest, outputs_between
-from envkit.run.snapshot import git_info, snapshot
+from envkit.run.inputs import Progress, UpstreamInput, is_mount_point, make_mount_points, remove_mount_points
+from envkit.run.processes import count_processes
+from envkit.run.snapshot import git_info, list_project, snapshot
 from envkit.settings import (
     CONTAINER_META,
     CONTAINER_OUTPUT,
@@ -51,16 +53,18 @@ from envkit.settings import (
     ENV_THREADS,
     ENV_TRACE,
     ENV_TRACE_FILE,
+    JOB_HOSTNAME,
+    JOB_UID,
     LABEL_RUN,
+    PIDS_LIMIT,
 )
-from envkit.store.filestore import FileStore
+from envkit.store.filestore import FileStore, process_start
 from envkit.store.layout import RunLayout, output_name
 from envkit.store.metrics import read_metrics
 from envkit.store.record import CodeInfo, Fingerprint, ImageInfo, LockInfo, RunRecord, Timings, utc_now
 
 # Never outputs: bytecode caches a job's imports may leave (PYTHONDONTWRITEBYTECODE is set, but a job may unset it).
 OUTPUT_EXCLUDE = ("__pycache__/", "*.pyc")
-RESERVED_TARGETS = (CONTAINER_WORKDIR, CONTAINER_META, CONTAINER_OUTPUT, CONTAINER_TOOLS)
 
 
 @dataclass
@@ -92,8 +96,16 @@ class JobSpec:
     lock_text: str | None = None  # the lockfile's text, kept beside the record
     memory: str | None = None  # container memory limit (docker syntax, e.g. 4g)
     notes: list[str] = field(default_factory=list)  # carried into the record (replay: how the image was had)
+    user: str | None = None  # uid:gid inside the container; default: the invoking user, or JOB_UID when it is root
+    argv: list[str] | None = None  # `envkit run -- COMMAND ARGS`: run this instead of `python SCRIPT ARGS`
+    upstream: list[UpstreamInput] = field(default_factory=list)  # --input: earlier runs' outputs (envkit.run.inputs)
+    ignore: list[str] = field(default_factory=list)  # gitignore patterns left out of the snapshot (project config)
     sweep: dict[str, Any] | None = None  # {"id", "index"}: the run is one seed of a sweep (envkit.sweep)
     scheduler: dict[str, str] | None = None  # a batch scheduler's ids for the record (Slurm job, task, node)
+
+    @property
+    def container_argv(self) -> list[str]:
+        return list(self.argv) if self.argv else ["python", self.script, *self.args]
 
 
 @dataclass
@@ -117,6 +129,9 @@ def job_environment(job: JobSpec, run_id: str) -> dict[str, str]:
         ENV_OUTPUT_DIR: CONTAINER_OUTPUT,
         ENV_CPU_PROFILE: job.cpu_profile,
         "HOME": "/tmp",
+        # The job's uid has no passwd entry in the image: getpass.getuser() (torch Inductor's caches) reads these.
+        "USER": "envkit",
+        "LOGNAME": "envkit",
     }
     env.update(cpuprofile.profile_env(job.cpu_profile, job.threads))
     if job.trace != "off":
@@ -132,36 +147,45 @@ def gpu_request(gpus: str) -> GpuRequest | None:
     return GpuRequest(count=-1 if gpus == "all" else int(gpus))
 
 
-def hash_inputs(mounts: list[Mount]) -> list[ManifestEntry]:
+def hash_inputs(mounts: list[Mount], progress: Progress | None = None) -> list[ManifestEntry]:
     """Manifest entries of every mounted input, paths prefixed by their container target."""
     from envkit.hashing import sha256_file
 
     entries: list[ManifestEntry] = []
     for m in mounts:
         if m.source.is_file():
-            entries.append(ManifestEntry(m.target, m.source.stat().st_size, sha256_file(m.source)))
+            advance = progress(f"hashing input {m.target}", m.source.stat().st_size) if progress else None
+            entries.append(ManifestEntry(m.target, m.source.stat().st_size, sha256_file(m.source, advance)))
         else:
+            advance = progress(f"hashing input {m.target}", 0) if progress else None
             entries += [ManifestEntry(f"{m.target}/{e.path}", e.size, e.sha256, e.link)
-                        for e in manifest(m.source).entries]
+                        for e in manifest(m.source, on_progress=advance).entries]
     return sorted(entries, key=lambda e: e.path)
 
 
 def check_inputs(recorded: list[ManifestEntry], current: list[ManifestEntry]) -> None:
-    """Replay: refuse when an input's content differs from the record, naming the file."""
+    """Replay: the inputs must be the recorded ones exactly: none changed, none missing, none added."""
     now = {e.path: e for e in current}
     for e in recorded:
         got = now.get(e.path)
         if got is None:
             raise InputChangedError(f"input {e.path} is missing", hint="mount the same data as the original run")
-        if got.sha256 != e.sha256:
+        if got.sha256 != e.sha256 or got.link != e.link:
             raise InputChangedError(f"input {e.path} changed since the run (sha256 {got.sha256[:12]}..., "
                                     f"recorded {e.sha256[:12]}...)", hint="restore the original input")
+    extra = sorted(set(now) - {e.path for e in recorded})
+    if extra:
+        raise InputChangedError(f"input {extra[0]} was not there when the run was made"
+                                + (f" ({len(extra) - 1} more)" if len(extra) > 1 else ""),
+                                hint="mount exactly the data of the original run")
 
 
 def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = None,
             on_started: Callable[[str], None] | None = None,
             fingerprint: dict[str, Any] | None = None,
-            before_final_write: Callable[[RunRecord], None] | None = None) -> RunRecord:
+            before_final_write: Callable[[RunRecord], None] | None = None,
+            on_warning: Callable[[str], None] | None = None,
+            progress: Progress | None = None) -> RunRecord:
     """Run one job and return its final record (also written to the store).
 
     Args:
@@ -170,6 +194,9 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
         fingerprint: this host's fingerprint when the caller has it already (replay does); else taken here.
         before_final_write: called with the complete record just before its final write (replay adds its
             verdict there, so the record is written once more, not twice).
+        on_warning: called with one line for what the user should know (files left out of the snapshot).
+        progress: ``progress(label, total_bytes) -> advance(n)`` for the steps that read many bytes (inputs,
+            snapshot, outputs); the job's own output starts after ``on_started``.
 
     Raises:
         JobError: the container could not be created or started (the record ends ``failed``).
@@ -181,36 +208,44 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
     sink = sink or Sink(sys.stdout.buffer, sys.stderr.buffer)
     fingerprint = fingerprint or host_fingerprint(engine)
     cpuprofile.require_baseline(job.cpu_profile, (fingerprint.get("host") or {}).get("cpu_flags"))
-    inputs = hash_inputs(job.mounts)
+    inputs = sorted(hash_inputs(job.mounts, progress) + [e for u in job.upstream for e in u.entries],
+                    key=lambda e: e.path)
     if job.expected_inputs is not None:
         check_inputs(job.expected_inputs, inputs)
     run_id = store.create_run()
     layout = store.layout(run_id)
     env = job_environment(job, run_id)
     record = RunRecord(
-        run_id=run_id, command=job.command, script=job.script, args=list(job.args), seed=job.seed,
-        determinism=job.determinism, threads=job.threads, cpu_profile=job.cpu_profile,
-        environment=env,
+        run_id=run_id, command=job.command, script=job.script if job.argv is None else None, args=list(job.args),
+        seed=job.seed, determinism=job.determinism, threads=job.threads, cpu_profile=job.cpu_profile,
+        environment=env, argv=job.container_argv, upstream=[u.link for u in job.upstream],
         image=ImageInfo(id=job.image_id, ref=job.image_ref, digests=list(job.image_digests),
                         digest=job.image_digests[0] if job.image_digests else None),
         lock=job.lock, inputs=inputs, replay_of=job.replay_of, platform_mismatch=job.platform_mismatch,
         mounts=[{"source": str(m.source), "target": m.target} for m in job.mounts], trace=job.trace,
-        memory=job.memory, notes=list(job.notes), sweep=job.sweep, scheduler=job.scheduler,
+        memory=job.memory, notes=list(job.notes), network=job.network, host_pid=os.getpid(),
+        host_pid_start=process_start(os.getpid()), sweep=job.sweep, scheduler=job.scheduler,
     )
     record.timings = Timings(build_s=job.build_s)
-    work = _prepare(job, layout, store, record)
+    user = job.user or (f"{JOB_UID}:{JOB_UID}" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}")
+    record.user = user
+    work = _prepare(job, layout, store, record, on_warning, progress)
+    input_mounts = [*job.mounts, *[u.mount for u in job.upstream]]
+    mount_points = make_mount_points(layout.work, input_mounts)
+    if os.getuid() == 0 and user != "0:0" and not user.startswith("0:"):
+        _hand_over(layout, user)
     record.fingerprint = Fingerprint(**fingerprint)
     record.started = utc_now()
     store.write(record)
 
     spec = ContainerSpec(
-        image=job.image_id, command=["python", job.script, *job.args], env=env, workdir=CONTAINER_WORKDIR,
+        image=job.image_id, command=job.container_argv, env=env, workdir=CONTAINER_WORKDIR,
         mounts=[Mount(layout.work, CONTAINER_WORKDIR, read_only=False),
                 Mount(layout.meta, CONTAINER_META, read_only=False),
                 Mount(layout.output, CONTAINER_OUTPUT, read_only=False),
-                *[Mount(m.source, m.target, read_only=True) for m in job.mounts]],
-        user=f"{os.getuid()}:{os.getgid()}", network=job.network, labels={LABEL_RUN: run_id},
-        gpus=gpu_request(job.gpus), memory=job.memory,
+                *[Mount(m.source, m.target, read_only=True) for m in input_mounts]],
+        user=user, network=job.network, labels={LABEL_RUN: run_id}, gpus=gpu_request(job.gpus), memory=job.memory,
+        cap_drop=("ALL",), security_opt=("no-new-privileges",), pids_limit=PIDS_LIMIT, hostname=JOB_HOSTNAME,
     )
     status, exit_code, failure = "failed", None, None
     t_run = time.monotonic()
@@ -225,25 +260,34 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
         if container is not None:
             container.remove()
         record.timings.run_s = round(time.monotonic() - t_run, 3)
+        remove_mount_points(mount_points)
         _finish(engine, store, record, layout, work, env, status, exit_code, t0, job.build_s,
-                before_final_write if failure is None else None)
+                before_final_write if failure is None else None, input_mounts, progress)
     if failure is not None:
+        failure.run_id = record.run_id  # type: ignore[attr-defined] - `envkit run --json` names the failed run
         raise failure
     return record
 
 
-def _prepare(job: JobSpec, layout: RunLayout, store: FileStore, record: RunRecord) -> Any:
+def _prepare(job: JobSpec, layout: RunLayout, store: FileStore, record: RunRecord,
+             on_warning: Callable[[str], None] | None, progress: Progress | None = None) -> Any:
     """The working copy (hashed), the pristine code copy, meta and output folders, git state and the lock."""
     # Copied and hashed once, into the working copy; its manifest keeps the copies' stats, so the outputs pass
     # rehashes only files the job touched. code/ is a plain copy kept pristine for export and replay.
+    advance = progress("snapshot of the project", 0) if progress else None
     if job.code_source is not None:
         src = job.code_source
         files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_symlink() or p.is_file())
-        code = snapshot(src, layout.work, files=files)
+        code = snapshot(src, layout.work, files=files, on_progress=advance)
     else:
-        code = snapshot(job.project, layout.work, exclude_dirs=[store.root])
+        listing = list_project(job.project, exclude_dirs=[store.root], ignore=job.ignore)
+        if listing.warning:
+            record.notes.append(listing.warning)
+            if on_warning is not None:
+                on_warning(listing.warning)
+        code = snapshot(job.project, layout.work, files=listing.files, on_progress=advance)
     shutil.copytree(layout.work, layout.code, symlinks=True)
-    layout.meta.mkdir()  # the job runs as the invoking user, who owns these folders: no mode change needed
+    layout.meta.mkdir()
     layout.output.mkdir()
     gi = git_info(job.project) if job.code_source is None else None
     record.code = CodeInfo(sha256=code.sha256, git_commit=gi.commit if gi else None,
@@ -256,13 +300,27 @@ def _prepare(job: JobSpec, layout: RunLayout, store: FileStore, record: RunRecor
     return code
 
 
+def _hand_over(layout: RunLayout, user: str) -> None:
+    """Give the folders the job writes to the unprivileged user it runs as (envkit itself runs as root here)."""
+    uid, _, gid = user.partition(":")
+    uid_n, gid_n = int(uid), int(gid or uid)
+    for top in (layout.work, layout.meta, layout.output):
+        os.chown(top, uid_n, gid_n)
+        for current, dirs, files in os.walk(top):
+            for name in dirs + files:
+                os.chown(os.path.join(current, name), uid_n, gid_n, follow_symlinks=False)
+
+
 def _finish(engine: Engine, store: FileStore, record: RunRecord, layout: RunLayout, work: Any, env: dict[str, str],
             status: str, exit_code: int | None, t0: float, build_s: float | None,
-            before_final_write: Callable[[RunRecord], None] | None) -> None:
+            before_final_write: Callable[[RunRecord], None] | None, mounts: list[Mount] = (),
+            progress: Progress | None = None) -> None:
     """Outputs, reports, the container's software and the final status: the record's last write."""
     try:
-        after = manifest(layout.work, exclude=OUTPUT_EXCLUDE, previous=work)
-        outputs = outputs_between(work, after)
+        after = manifest(layout.work, exclude=OUTPUT_EXCLUDE, previous=work,
+                         on_progress=progress("hashing outputs", 0) if progress else None)
+        # A mount point in the working copy is the engine's placeholder for an input, never an output.
+        outputs = [e for e in outputs_between(work, after) if not is_mount_point(e.path, mounts)]
         outputs += [ManifestEntry(output_name(e.path), e.size, e.sha256, e.link)
                     for e in manifest(layout.output).entries]
         record.outputs = sorted(outputs, key=lambda e: e.path)
@@ -272,6 +330,7 @@ def _finish(engine: Engine, store: FileStore, record: RunRecord, layout: RunLayo
     record.metrics, metric_notes = read_metrics(layout, record.outputs)
     record.notes += metric_notes
     record.bootstrap = _bootstrap_reports(layout.meta)
+    record.processes, record.world_size = count_processes(record.bootstrap)
     record.fingerprint.container = container_software(engine, store, record.image.id or "", env, record.bootstrap,
                                                       record.fingerprint.host)
     record.status = status
@@ -294,10 +353,11 @@ def _run_container(container: Container, layout: RunLayout, sink: Sink, on_start
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a closed terminal stops the job too
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        with open(layout.stdout_log, "wb") as out_log, open(layout.stderr_log, "wb") as err_log:
+        # Unbuffered: the logs hold everything the job printed even if envkit itself is killed.
+        with open(layout.stdout_log, "wb", buffering=0) as out_log, open(layout.stderr_log, "wb", buffering=0) as err_log:
             output = container.start()
             if on_started:
                 on_started(run_id)

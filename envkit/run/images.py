@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envkit.engine import Engine
-from envkit.errors import ImageNotFoundError, LockfileError
+from envkit.errors import ImageNotFoundError
 from envkit.settings import LABEL_CPU_PROFILE, LABEL_LOCK_NAME, LABEL_LOCK_SHA
 from envkit.store.record import LockInfo
 
@@ -25,27 +25,30 @@ class ResolvedImage:
 
 def resolve_image(engine: Engine, project: Path, lock_path: Path | None, image: str | None,
                   cpu_profile: str, progress=None) -> ResolvedImage:
-    """The image for a run.
+    """The image for a run: ``image``, else the lock's, else the project's environment
+    (:func:`envkit.run.environment.find_environment`: its configuration, its one lock, or envkit.yaml locked now).
 
     Raises:
-        LockfileError: no --lock/--image and not exactly one lockfile in ./lockfiles.
-        ImageNotFoundError: --image names an image this engine does not have.
+        ProjectEnvironmentError: no lock or image given, and the project has none, or more than one.
+        ImageNotFoundError: the image named is not on this engine.
     """
     if lock_path is None and image is None:
-        found = sorted((project / "lockfiles").glob("*.lock.yaml"))
-        if len(found) != 1:
-            raise LockfileError(
-                "no --lock or --image given" + (f", and {len(found)} lockfiles in ./lockfiles" if found else ""),
-                hint="pass --lock lockfiles/NAME.lock.yaml or --image REF",
-            )
-        lock_path = found[0]
+        from envkit.run.environment import ensure_lock, find_environment
+
+        env = find_environment(project)
+        if env.image is not None:
+            image = env.image
+        else:
+            lock_path = ensure_lock(engine, env)
     if lock_path is not None:
         from envkit.image.builder import build_image
         from envkit.lock.model import load_lockfile
 
         lock = load_lockfile(lock_path)
         t0 = time.monotonic()
-        result = build_image(engine, lock, cpu_profile=cpu_profile, progress=progress)
+        # On a cache miss the build takes minutes: each Dockerfile step shows as a stage of its own.
+        on_step = (lambda step: progress(f"building the image: {step}", 0)) if progress else None
+        result = build_image(engine, lock, cpu_profile=cpu_profile, progress=progress, on_step=on_step)
         return ResolvedImage(result.image_id, result.tag, list(engine.image(result.image_id).repo_digests),
                              LockInfo(path=str(lock_path), sha256=lock.content_sha256, name=lock.name),
                              round(time.monotonic() - t0, 3), cpu_profile, lock_path.read_text(encoding="utf-8"))

@@ -10,11 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envkit.engine import Engine, Mount
+from envkit.engine import Engine
 from envkit.errors import CpuProfileError, JobError, ScriptNotFoundError
-from envkit.run.executor import RESERVED_TARGETS, JobSpec, Sink, execute
+from envkit.run.executor import JobSpec, Sink, execute
 from envkit.run.images import resolve_image
-from envkit.settings import DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE
+from envkit.run.inputs import Progress, resolve_input
+from envkit.run.mounts import parse_mount
+from envkit.settings import DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE, NETWORK_MODES
 from envkit.store.filestore import FileStore
 from envkit.store.record import RunRecord
 
@@ -39,30 +41,45 @@ class RunRequest:
     memory: str | None = None
     project: Path = field(default_factory=Path.cwd)
     command: list[str] = field(default_factory=list)  # the envkit command line as typed, for the record
+    argv: list[str] | None = None  # `-- COMMAND ARGS`: any command on the image's PATH instead of `python SCRIPT`
+    inputs: list[str] = field(default_factory=list)  # RUN:PATH[:DEST], earlier runs' outputs (envkit.run.inputs)
+    ignore: list[str] = field(default_factory=list)  # gitignore patterns left out of the snapshot
 
 
 def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None = None,
-        on_started: Callable[[str], None] | None = None) -> RunRecord:
-    """Run a script in its image, seeded and recorded; the final record.
+        on_started: Callable[[str], None] | None = None,
+        on_warning: Callable[[str], None] | None = None, progress: Progress | None = None) -> RunRecord:
+    """Run a script (or, given ``argv``, any command) in its image, seeded and recorded; the final record.
+
+    ``progress(label, total_bytes) -> advance`` is told about the steps that can take a while (the implicit build,
+    inputs, snapshot, outputs).
 
     Raises:
         ScriptNotFoundError, JobError (bad mount, container refused), LockfileError, ImageNotFoundError,
-        CpuProfileError (a profile other than the image's), and what building the image raises.
+        CpuProfileError (a profile other than the image's), UpstreamError and InputChangedError (an --input), and
+        what building the image raises.
     """
-    return execute(engine, store, job_spec(engine, request), sink=sink, on_started=on_started)
+    return execute(engine, store, job_spec(engine, store, request, progress), sink=sink, on_started=on_started,
+                   on_warning=on_warning, progress=progress)
 
 
-def job_spec(engine: Engine, request: RunRequest) -> JobSpec:
+def job_spec(engine: Engine, store: FileStore, request: RunRequest, progress: Progress | None = None) -> JobSpec:
     """The job a request runs, its image found or built (a sweep makes it once for all its seeds).
 
     Raises:
         As :func:`run`, before anything runs.
     """
     project = Path(request.project)
-    script = check_script(project, request.script)
+    if request.network not in NETWORK_MODES:
+        raise JobError(f"network {request.network!r} is not one of {', '.join(NETWORK_MODES)}",
+                       hint="none keeps the job hermetic; bridge gives it the network")
+    if request.argv is not None and not request.argv:
+        raise ScriptNotFoundError("no command after --", hint="e.g. envkit run -- python -m pkg.train")
+    script = check_script(project, request.script) if request.argv is None else ""
     mounts = [parse_mount(m) for m in request.mounts]
+    upstream = [resolve_input(store, text, progress) for text in request.inputs]
     resolved = resolve_image(engine, project, request.lock, request.image,
-                             request.cpu_profile or DEFAULT_CPU_PROFILE)
+                             request.cpu_profile or DEFAULT_CPU_PROFILE, progress=progress)
     # An --image already carries its profile's ENV; a different one for the run would be recorded but not in effect.
     cpu_profile = request.cpu_profile or resolved.cpu_profile or DEFAULT_CPU_PROFILE
     if resolved.cpu_profile and resolved.cpu_profile != cpu_profile:
@@ -74,7 +91,8 @@ def job_spec(engine: Engine, request: RunRequest) -> JobSpec:
         image_digests=resolved.digests, seed=request.seed, determinism=request.determinism, threads=request.threads,
         cpu_profile=cpu_profile, gpus=request.gpus, mounts=mounts, trace=request.trace, network=request.network,
         lock=resolved.lock, command=list(request.command), build_s=resolved.build_s, lock_text=resolved.lock_text,
-        extra_env=dict(request.env), memory=request.memory,
+        extra_env=dict(request.env), memory=request.memory, argv=list(request.argv) if request.argv else None,
+        upstream=upstream, ignore=list(request.ignore),
     )
 
 
@@ -89,21 +107,3 @@ def check_script(project: Path, script: str) -> str:
     except ValueError:
         raise ScriptNotFoundError(f"script {script} is outside the project folder {project}",
                                   hint="run envkit from the folder that contains the script") from None
-
-
-def parse_mount(text: str) -> Mount:
-    """``SRC:DST`` as a read-only input mount.
-
-    Raises:
-        JobError: malformed, a missing source, or a target envkit reserves.
-    """
-    src, sep, dst = text.partition(":")
-    if not sep or not src or not dst.startswith("/"):
-        raise JobError(f"--mount {text!r} is not SRC:DST with an absolute DST",
-                       hint="e.g. --mount ./data:/data (mounted read-only, hashed as inputs)")
-    path = Path(src).expanduser().resolve()
-    if not path.exists():
-        raise JobError(f"--mount source {src} does not exist")
-    if dst.rstrip("/") in (*RESERVED_TARGETS, "", "/"):
-        raise JobError(f"--mount target {dst} is reserved by envkit")
-    return Mount(path, dst.rstrip("/"))

@@ -1,9 +1,14 @@
 """The project snapshot: what the job sees of the project, and the project's git state.
 
 A run works on a copy of the project folder (:func:`snapshot`), listed the way git would list it
-(:func:`list_project_files`: ``.gitignore`` and ``.envkitignore`` respected, ``.git/`` and ``.envkit/`` never copied;
+(:func:`list_project`: ``.gitignore`` and ``.envkitignore`` respected, ``.git/`` and ``.envkit/`` never copied;
 the patterns are matched by ``pathspec``'s ``GitIgnoreSpec``). The copy is hashed on the way into a
 :class:`envkit.manifest.Manifest`, whose hash is the run's code hash.
+
+Files that look like credentials (:data:`CREDENTIAL_PATTERNS`: ``.env``, keys, ``.netrc``, cloud credentials...)
+are left out by default, even when git tracks them, because a snapshot is kept in the run folder and travels in
+bundles; the listing says which were (:attr:`ProjectListing.warning`). A negated pattern in ``.envkitignore``
+(``!.env``) takes one back.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 import stat
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,14 @@ from envkit.manifest import Manifest, ManifestEntry, Progress, collect, hash_pat
 
 ENVKITIGNORE = ".envkitignore"
 ALWAYS_EXCLUDED = (".git", ".envkit")  # names excluded at any depth: git's database and envkit's run store
+# Gitignore patterns of files that hold credentials: left out unless .envkitignore re-includes them (``!.env``).
+CREDENTIAL_PATTERNS = (
+    ".env", ".env.*", "!.env.example", "!.env.sample", "!.env.template", "!.env.dist", ".envrc",
+    "*.pem", "*.key", "*.p12", "*.pfx",
+    "id_*", "!id_*.*",  # SSH private keys (id_rsa, id_ed25519, id_work), not id_rsa.pub or id_utils.py
+    ".netrc", "_netrc", ".pypirc", ".npmrc", ".git-credentials", "credentials*.json",
+    ".aws/", ".ssh/", ".gnupg/", ".kube/", ".docker/config.json",
+)
 
 
 @dataclass(frozen=True)
@@ -79,29 +92,77 @@ class IgnoreRules:
 
 
 # --- listing the project -----------------------------------------------------------------------------------------
-def list_project_files(root: Path, exclude_dirs: Iterable[Path] = ()) -> list[str]:
+@dataclass(frozen=True)
+class ProjectListing:
+    """The files that go into a snapshot, and the credential files left out of it by default."""
+
+    files: list[str]
+    withheld: list[str] = field(default_factory=list)
+    withheld_dirs: list[str] = field(default_factory=list)  # folders left out whole (``.ssh``), for the warning
+
+    @property
+    def warning(self) -> str | None:
+        """One line for the user naming what was left out and how to include it; None when nothing was."""
+        if not self.withheld:
+            return None
+        items = [f"{d}/" for d in self.withheld_dirs]
+        items += [f for f in self.withheld if not any(f.startswith(d + "/") for d in self.withheld_dirs)]
+        items.sort()
+        shown = ", ".join(items[:8]) + (f" and {len(items) - 8} more" if len(items) > 8 else "")
+        return (f"left out of the snapshot as likely credentials: {shown} (to include one, add a negated pattern "
+                f"such as !{items[0]} to {ENVKITIGNORE})")
+
+
+def list_project(root: Path, exclude_dirs: Iterable[Path] = (), ignore: Iterable[str] = ()) -> ProjectListing:
     """The files of a project that go into its snapshot, as sorted ``/``-separated paths relative to ``root``.
 
     In a git work tree the list is ``git ls-files -co --exclude-standard`` (tracked plus untracked-not-ignored);
-    elsewhere the folder is walked honouring every ``.gitignore`` on the way. Either way the root's
-    ``.envkitignore`` is applied on top, and ``.git`` and ``.envkit`` are always left out.
+    elsewhere the folder is walked honouring every ``.gitignore`` on the way. Either way :data:`CREDENTIAL_PATTERNS`
+    and then the root's ``.envkitignore`` are applied on top, and ``.git`` and ``.envkit`` are always left out.
 
     Args:
         root: the project folder.
         exclude_dirs: more folders to leave out (the run store when ``ENVKIT_HOME`` points inside the project).
+        ignore: more gitignore patterns, relative to the root (the project configuration's ``ignore``); applied
+            before ``.envkitignore``, whose negations can take a file back.
+
+    Returns:
+        The listing; ``withheld`` holds the files left out only because they look like credentials, and
+        ``warning`` says so in one line, for the caller to show.
     """
     root = Path(root)
     listed = _git_list(root)
     files = listed if listed is not None else _walk(root, "", _gitignore(root, ""))
-    rules = IgnoreRules.parse("\n".join(ALWAYS_EXCLUDED)) + _read_rules(root / ENVKITIGNORE)
+    always = IgnoreRules.parse("\n".join(ALWAYS_EXCLUDED))
+    user = IgnoreRules.parse("\n".join(ignore)) + _read_rules(root / ENVKITIGNORE)
+    rules = always + IgnoreRules.parse("\n".join(CREDENTIAL_PATTERNS)) + user
+    without_credentials = always + user
     skip = []
     for d in exclude_dirs:
         try:
             skip.append(Path(d).resolve().relative_to(root.resolve()).as_posix())
         except ValueError:
             continue  # not under the project
-    return sorted(f for f in set(files)
-                  if not rules.excludes(f) and not any(f == s or f.startswith(s + "/") for s in skip))
+    kept, withheld, dirs = [], [], set()
+    for f in sorted(set(files)):
+        if any(f == s or f.startswith(s + "/") for s in skip):
+            continue
+        if not rules.excludes(f):
+            kept.append(f)
+        elif not without_credentials.excludes(f):
+            withheld.append(f)
+            parts = f.split("/")
+            # The outermost folder a pattern excludes (.ssh/): re-including a file below it takes that folder.
+            folder = next(("/".join(parts[:k]) for k in range(1, len(parts)) if rules.match("/".join(parts[:k]), True)),
+                          None)
+            if folder:
+                dirs.add(folder)
+    return ProjectListing(kept, withheld, sorted(dirs))
+
+
+def list_project_files(root: Path, exclude_dirs: Iterable[Path] = ()) -> list[str]:
+    """:func:`list_project`'s files alone."""
+    return list_project(root, exclude_dirs).files
 
 
 def _git_list(root: Path) -> list[str] | None:
@@ -196,7 +257,8 @@ def snapshot(root: Path, dest: Path, files: Sequence[str] | None = None, exclude
     Args:
         root: the project folder.
         dest: an empty or missing folder that becomes the job's working copy.
-        files: the relative paths to copy; default :func:`list_project_files`.
+        files: the relative paths to copy; default :func:`list_project_files` (credential files left out: call
+            :func:`list_project` first and pass its files to show its warning).
         exclude_dirs: passed to :func:`list_project_files`.
         on_progress: called with byte counts as files are copied (from worker threads).
 

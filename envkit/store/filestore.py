@@ -10,37 +10,86 @@ Run ids are validated by a regular expression before they touch a path. A record
 its run folder, fsynced and renamed over ``record.json``, so a reader sees the old record or the new one, never half.
 
 Listing 10,000 runs must take well under half a second, and opening 10,000 records does not. So every write appends
-a one-line summary to ``index.jsonl`` (one ``write`` call on an ``O_APPEND`` file, which concurrent writers cannot
-interleave), keyed by the record file's inode, size and mtime. A listing stats each ``record.json`` and uses the
+a one-line summary to ``index.jsonl`` (one ``write`` call on an ``O_APPEND`` file, which concurrent writers on one
+host cannot interleave; on a filesystem shared by several hosts, NFS among them, ``O_APPEND`` is not atomic between
+hosts, so appends and compactions also hold a POSIX lock on ``index.lock``), keyed by the record file's inode, size
+and mtime. A listing stats each ``record.json`` and uses the
 summary when the key matches; a record whose key does not match (a crash between rename and append, a record written
 by hand, a lost or damaged index) is read in full and its summary appended again. The index is only ever a cache.
 Its lines are ``1<TAB>run id<TAB>ino:size:mtime_ns<TAB>summary JSON``: the summary is kept as text, so `envkit runs
 --json` prints it without parsing and re-encoding 10,000 objects.
+
+Several hosts may share one store (``ENVKIT_HOME`` on NFS, as on a cluster): run ids are reserved with an exclusive
+``mkdir``, which the server decides for all clients; records are replaced by ``rename``, atomic on the server; the
+index is locked as above, and stays a cache (a host that cannot lock, or a line lost anyway, costs a full read of
+that record once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
 import secrets
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from envkit.atomic import atomic_write
-from envkit.errors import EnvkitError, InvalidRunIdError, RunNotFoundError, StoreError
+from envkit.errors import (
+    AmbiguousRunIdError,
+    EnvkitError,
+    InvalidRunIdError,
+    RunNotFoundError,
+    StoreError,
+)
 from envkit.settings import ENV_HOME
 from envkit.store.layout import RECORD, RunLayout
 from envkit.store.record import RUN_ID_RE, RunRecord
 
 RUNS = "runs"
 INDEX = "index.jsonl"
+INDEX_LOCK = "index.lock"
 PROBES = "probes"
 _INDEX_VERSION = "1"
 _PROBE_KEY_RE = re.compile(r"[0-9a-f]{16,64}")
+LAST = "last"  # the newest run, wherever a run id is taken
+_PREFIX_RE = re.compile(r"[0-9TZa-f-]{1,28}")  # only characters a run id has: nothing else may reach a path
+_HEX_RE = re.compile(r"[0-9a-f]{4,8}")  # the random part alone (as `docker ps` shows a short id)
+_CREATE_TRIES = 64  # a fresh random part each time: more than one clash in a row means something else is wrong
+_LOCK_WAIT_S = 2.0  # the index is a cache: past this, write without the lock rather than hold a run up
+
+
+def process_start(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (with its pid, it names the process even after reuse)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def abandoned(record: RunRecord) -> bool:
+    """A ``running`` record whose envkit process, on this host, is gone (killed, crashed): it will never finish."""
+    if record.status != "running" or record.host_pid is None:
+        return False
+    if (record.fingerprint.host or {}).get("hostname") != socket.gethostname():
+        return False  # another host's run (a shared store): its process is not ours to judge
+    return process_start(record.host_pid) != record.host_pid_start
+
+
+def _mark_abandoned(record: RunRecord) -> RunRecord:
+    if abandoned(record):
+        record.status = "abandoned"
+        record.notes.append(f"the envkit process {record.host_pid} that ran it is gone; the run never finished")
+    return record
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -84,7 +133,8 @@ class RunSummary:
     def from_record(cls, record: RunRecord) -> RunSummary:
         t = record.timings
         return cls(run_id=record.run_id, created=record.created, status=record.status, seed=record.seed,
-                   determinism=record.determinism, script=record.script, exit_code=record.exit_code,
+                   determinism=record.determinism, exit_code=record.exit_code,
+                   script=record.script if record.script or not record.argv else " ".join(record.argv)[:120],
                    duration_s=t.total_s if t.total_s is not None else t.run_s, image_id=record.image.id,
                    replay_of=record.replay_of)
 
@@ -149,13 +199,50 @@ class FileStore:
         """Every path of a run's folder (nothing is created). Raises InvalidRunIdError for a malformed id."""
         return RunLayout(self.run_dir(run_id))
 
+    def resolve(self, ref: str) -> str:
+        """The run id that ``ref`` names: a full id, ``last`` (the newest run, replays included), a unique prefix
+        of an id (``20261123T2009``), or a unique prefix of at least 4 of the 8 hex digits after the dash.
+
+        Raises:
+            InvalidRunIdError: ``ref`` has characters no run id has (checked before it touches a path).
+            RunNotFoundError: nothing matches. AmbiguousRunIdError: several runs match (all are named, up to 6).
+        """
+        if isinstance(ref, str) and RUN_ID_RE.fullmatch(ref):
+            return ref
+        if ref == LAST:
+            ids = sorted(self.run_ids(), reverse=True)
+            newest = next((i for i in ids if (self.runs_dir / i / RECORD).is_file()), None)
+            if newest is None:
+                raise RunNotFoundError(f"no runs in {self.root} yet, so no last run")
+            return newest
+        if not isinstance(ref, str) or not _PREFIX_RE.fullmatch(ref):
+            validate_run_id(ref)  # raises InvalidRunIdError quoting it
+        hex_part = bool(_HEX_RE.fullmatch(ref))
+        found = sorted((i for i in self.run_ids() if i.startswith(ref) or (hex_part and i[20:].startswith(ref))),
+                       reverse=True)  # newest first
+        if not found:
+            raise RunNotFoundError(f"no run matches {ref!r} in {self.root}")
+        if len(found) > 1:
+            shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+            raise AmbiguousRunIdError(f"run id {ref!r} matches {len(found)} runs: {shown}")
+        return found[0]
+
+    def run_ids(self) -> list[str]:
+        """The ids of the run folders, unsorted (cheap: one directory listing)."""
+        try:
+            return [n for n in os.listdir(self.runs_dir) if RUN_ID_RE.fullmatch(n)]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreError(f"cannot list {self.runs_dir}: {exc.strerror}") from exc
+
     def read_probe(self, key: str) -> dict[str, Any] | None:
         """A cached in-container probe result, or None (missing or unreadable: probe again)."""
         if not _PROBE_KEY_RE.fullmatch(key):
             raise ValueError(f"malformed probe key {key!r}")
         try:
             data = json.loads((self.root / PROBES / f"{key}.json").read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
         return data if isinstance(data, dict) else None
 
@@ -173,15 +260,17 @@ class FileStore:
         """A new run id with its folder created, unique even among concurrent processes."""
         try:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
-            while True:
+            for _ in range(_CREATE_TRIES):
                 run_id = new_run_id(now)
                 try:
-                    (self.runs_dir / run_id).mkdir()
+                    (self.runs_dir / run_id).mkdir()  # exclusive, also between the hosts of a shared filesystem
                     return run_id
                 except FileExistsError:
                     continue
         except OSError as exc:
             raise _write_error(exc, self.runs_dir, self.root) from exc
+        raise StoreError(f"cannot reserve a new run id in {self.runs_dir}: {_CREATE_TRIES} fresh ids were all taken",
+                         hint="the store's filesystem does not report folder creation faithfully; use another")
 
     def write(self, record: RunRecord) -> Path:
         """Write (or overwrite) a run's record atomically and return its path.
@@ -210,7 +299,7 @@ class FileStore:
             InvalidRunIdError: malformed id. RunNotFoundError: no such run. StoreError: the record is missing,
                 unreadable, not JSON, or not a valid record.
         """
-        return self._load(validate_run_id(run_id))[0]
+        return _mark_abandoned(self._load(validate_run_id(run_id))[0])
 
     def list(self, limit: int | None = None) -> Listing:
         """Runs newest first (at most ``limit``); folders that are not readable runs are reported, not fatal."""
@@ -258,10 +347,24 @@ class FileStore:
             rows.append(summary.to_dict())
             fresh.append(_index_line(run_id, _key(st), texts[-1]))
         if limit is None and lines > 2 * len(ids) + 1000:
-            self._compact(ids, cached, fresh)
+            self._compact(ids, fresh)
         elif fresh:
             self._append_index(fresh)
+        self._show_abandoned(texts, rows)
         return Listing(texts, rows, broken)
+
+    def _show_abandoned(self, texts: list[str], rows: list[dict[str, Any]]) -> None:
+        """Runs still `running` whose envkit process is gone are listed as `abandoned` (only those few are read)."""
+        for i, row in enumerate(rows):
+            if row["status"] != "running":
+                continue
+            try:
+                record = self._load(row["run_id"])[0]
+            except EnvkitError:
+                continue
+            if abandoned(record):
+                rows[i] = {**row, "status": "abandoned"}
+                texts[i] = json.dumps(rows[i], sort_keys=True)
 
     # --- internals --------------------------------------------------------------------------------------------------
     def _load(self, run_id: str) -> tuple[RunRecord, os.stat_result]:
@@ -279,7 +382,7 @@ class FileStore:
             raise StoreError(f"cannot read the record of run {run_id}: {exc.strerror}") from exc
         try:
             data = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise StoreError(f"the record of run {run_id} is not valid JSON ({exc})",
                              hint=f"inspect or remove {run_dir}") from exc
         record = RunRecord.from_dict(data)
@@ -302,7 +405,7 @@ class FileStore:
                 entries.append(parts)
         try:
             parsed = json.loads("[" + ",".join(p[3] for p in entries) + "]")  # one parse for all: much faster
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = [_loads_or_none(p[3]) for p in entries]
         cached = {}
         for parts, row in zip(entries, parsed, strict=True):
@@ -312,31 +415,63 @@ class FileStore:
 
     def _append_index(self, lines: list[bytes]) -> None:
         # Best effort: a failed append only costs the next listing a full read of these records.
-        try:
-            fd = os.open(self.index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        with self._index_locked():
             try:
-                os.write(fd, b"".join(lines))
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
+                fd = os.open(self.index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, b"".join(lines))
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
 
-    def _compact(self, ids: list[str], cached: dict[str, tuple[str, str, dict[str, Any]]],
-                 fresh: list[bytes]) -> None:
-        """Rewrite an index grown long with superseded lines. A line appended meanwhile by another writer may be
-        lost; its run is then read in full once."""
-        fresh_ids = {line.split(b"\t", 2)[1].decode() for line in fresh}
-        kept = [_index_line(i, *cached[i][:2]) for i in ids if i in cached and i not in fresh_ids]
+    def _compact(self, ids: list[str], fresh: list[bytes]) -> None:
+        """Rewrite an index grown long with superseded lines: the last line of each run that still has a folder.
+
+        The index is read again under the lock, so that lines other writers appended since the listing began stay.
+        """
+        listed = set(ids)
+        with self._index_locked():
+            cached, _ = self._read_index()
+            fresh_ids = {line.split(b"\t", 2)[1].decode() for line in fresh}
+            kept = [_index_line(i, *entry[:2]) for i, entry in sorted(cached.items())
+                    if i not in fresh_ids and (i in listed or (self.runs_dir / i).is_dir())]
+            try:
+                atomic_write(self.index_path, b"".join(kept + fresh), durable=False)
+            except OSError:
+                pass
+
+    @contextlib.contextmanager
+    def _index_locked(self) -> Iterator[None]:
+        """Hold the index's lock (a POSIX lock on index.lock, which NFS passes to the server) for a moment.
+
+        Waits at most :data:`_LOCK_WAIT_S`; a filesystem without locks, or a lock held too long (a host that died
+        holding it, before the server noticed), lets the write go ahead unlocked: the index is only a cache.
+        """
         try:
-            atomic_write(self.index_path, b"".join(kept + fresh), durable=False)
+            fd = os.open(self.root / INDEX_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:
-            pass
+            yield
+            return
+        try:
+            deadline = time.monotonic() + _LOCK_WAIT_S
+            for _ in range(10_000):
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.002)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
 
 def _loads_or_none(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

@@ -8,6 +8,7 @@
         stderr.log
         lock.yaml          the lockfile the image was built from (export and --rebuild need it)
         git.diff           the uncommitted changes of the project, when there were any
+        origin.json        only in an imported run: the bundle or registry reference it came from
         code/              the project snapshot, pristine (what replay and export use)
         work/              the job's writable working copy, mounted at /work: created and changed files are outputs
         meta/              bootstrap reports and step traces, mounted at /envkit/meta
@@ -26,6 +27,7 @@ from pathlib import Path
 from envkit.manifest import is_safe_relpath
 
 RECORD = "record.json"
+ORIGIN = "origin.json"  # written by import: where a run came from (not part of a bundle)
 STDOUT_LOG = "stdout.log"
 STDERR_LOG = "stderr.log"
 LOCK_COPY = "lock.yaml"
@@ -39,7 +41,7 @@ OUTPUT_PREFIX = "$ENVKIT_OUTPUT_DIR/"
 # What a bundle carries of a run folder (work/ only for its outputs; the rest of it is the code snapshot).
 BUNDLE_FILES = (RECORD, STDOUT_LOG, STDERR_LOG, LOCK_COPY, GIT_DIFF)
 BUNDLE_DIRS = (CODE_DIR, META_DIR, OUTPUT_DIR)
-FIXED_NAMES = (*BUNDLE_FILES, *BUNDLE_DIRS, WORK_DIR)  # never links, in a run folder of any origin
+FIXED_NAMES = (*BUNDLE_FILES, *BUNDLE_DIRS, WORK_DIR, ORIGIN)  # never links, in a run folder of any origin
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,10 @@ class RunLayout:
     @property
     def record(self) -> Path:
         return self.root / RECORD
+
+    @property
+    def origin(self) -> Path:
+        return self.root / ORIGIN
 
     @property
     def stdout_log(self) -> Path:

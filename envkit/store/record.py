@@ -13,22 +13,26 @@ import functools
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from envkit.errors import StoreError
-from envkit.manifest import ManifestEntry
+from envkit.errors import StoreError, shown
+from envkit.manifest import ManifestEntry, is_safe_relpath
 from envkit.settings import CPU_PROFILES, DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DETERMINISM_LEVELS
-from envkit.store.layout import STDERR_LOG, STDOUT_LOG
+from envkit.store.layout import OUTPUT_PREFIX, STDERR_LOG, STDOUT_LOG
+from envkit.store.redact import (  # noqa: F401 - REDACTED and redact_environment: re-exported for callers
+    REDACTED,
+    redact_argv,
+    redact_environment,
+    redaction_note,
+)
 
 SCHEMA_VERSION = 1
-STATUSES = ("running", "succeeded", "failed", "interrupted", "oom")
+STATUSES = ("running", "succeeded", "failed", "interrupted", "oom", "abandoned")
 RUN_ID_PATTERN = r"[0-9]{8}T[0-9]{9}Z-[0-9a-f]{8}"  # UTC time to the millisecond, then 32 random bits
 RUN_ID_RE = re.compile(RUN_ID_PATTERN)
-REDACTED = "<redacted>"
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASSWORD", re.IGNORECASE)
 
 # version -> function turning a record dict of that version into one of the next version.
 _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
@@ -37,11 +41,6 @@ _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 def utc_now() -> str:
     """The current time as an ISO-8601 UTC string with milliseconds (``2026-11-23T19:13:00.123Z``)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def redact_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """A copy of ``env`` whose values are redacted where the name contains TOKEN, SECRET, KEY or PASSWORD."""
-    return {k: (REDACTED if _SECRET_NAME.search(k) else v) for k, v in env.items()}
 
 
 @dataclass
@@ -95,8 +94,20 @@ class Fingerprint:
 
 
 @dataclass
+class Upstream:
+    """An input taken from an earlier run's output (``envkit run --input RUN:PATH[:DEST]``): the lineage link."""
+
+    run_id: str  # the run that wrote it
+    path: str  # its output path in that run (a file, or a folder of outputs)
+    target: str  # where this run's job saw it (read-only)
+    sha256: str  # the file's sha256, or the manifest hash of the folder's files
+    size: int = 0
+
+
+@dataclass
 class RunRecord:
-    """Everything known about one run. ``environment`` is redacted on construction, so no secret reaches disk."""
+    """Everything known about one run. ``environment``, ``command`` and ``args`` are redacted on construction
+    (:mod:`envkit.store.redact`), with a note saying what was, so no secret reaches disk."""
 
     run_id: str
     created: str = field(default_factory=utc_now)
@@ -129,12 +140,27 @@ class RunRecord:
     trace: str = "off"  # step-trace interval: off | auto | N
     memory: str | None = None  # container memory limit
     verdict: dict[str, Any] | None = None  # replays: IDENTICAL / DIVERGED / FAILED and the evidence
+    network: str = "none"  # the container's network: none or bridge
+    user: str | None = None  # uid:gid the job ran as
+    host_pid: int | None = None  # the envkit process that ran it, and that process's start time (clock ticks):
+    host_pid_start: int | None = None  # a `running` record whose process is gone was abandoned
+    argv: list[str] = field(default_factory=list)  # the job's command in the container (`python SCRIPT ARGS` or
+    #                                                 the COMMAND of `envkit run -- COMMAND`); empty in old records
+    world_size: int | None = None  # torch.distributed world size seen by the job's processes (1: not distributed)
+    processes: int | None = None  # Python processes the bootstrap seeded (one report each)
+    upstream: list[Upstream] = field(default_factory=list)  # inputs taken from earlier runs' outputs
     metrics: dict[str, float] | None = None  # the job's metrics.json (envkit.store.metrics); None: it wrote none
     sweep: dict[str, Any] | None = None  # {"id": sweep id, "index": i} for one seed of a sweep (envkit.store.sweeps)
     scheduler: dict[str, str] | None = None  # a batch scheduler's ids: backend, job and array task ids, node
 
     def __post_init__(self) -> None:
-        self.environment = redact_environment(self.environment)
+        before, command, args, argv = self.environment, self.command, self.args, self.argv
+        self.environment = redact_environment(before)
+        self.command, self.args, self.argv = redact_argv(command), redact_argv(args), redact_argv(argv)
+        note = redaction_note(self.environment, before, self.command != command,
+                              self.args != args or self.argv != argv)
+        if note:  # redaction is idempotent: a record read again adds no second note
+            self.notes = [*self.notes, note]
         self.validate()
 
     def validate(self) -> None:
@@ -150,6 +176,15 @@ class RunRecord:
             raise StoreError(f"record has a malformed run id {self.run_id!r}")
         if self.replay_of is not None and not RUN_ID_RE.fullmatch(self.replay_of):
             raise StoreError(f"record {self.run_id}: malformed replay_of {self.replay_of!r}")
+        for link in self.upstream:  # a record from elsewhere must not name a path outside a store through these
+            if not RUN_ID_RE.fullmatch(link.run_id) or not is_safe_relpath(link.path.removeprefix(OUTPUT_PREFIX)):
+                raise StoreError(f"record {self.run_id}: malformed upstream link {shown(link.run_id)} "
+                                 f"{shown(link.path)}")
+
+    @property
+    def job_argv(self) -> list[str]:
+        """The command the job ran in its container (records older than ``argv``: ``python SCRIPT ARGS``)."""
+        return list(self.argv) if self.argv else ["python", self.script or "", *self.args]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (manifest entries without ``link`` when they have none)."""
@@ -165,9 +200,10 @@ class RunRecord:
         if not isinstance(data, dict):
             raise StoreError(f"a run record must be a JSON object, not {type(data).__name__}")
         version = data.get("schema_version")
-        where = f"record {data.get('run_id', '?')}"
+        run_id = data.get("run_id", "?")
+        where = f"record {run_id if isinstance(run_id, str) and RUN_ID_RE.fullmatch(run_id) else shown(run_id)}"
         if not isinstance(version, int) or isinstance(version, bool):
-            raise StoreError(f"{where} has no valid schema_version ({version!r})")
+            raise StoreError(f"{where} has no valid schema_version ({shown(version)})")
         if version > SCHEMA_VERSION or (version < SCHEMA_VERSION and version not in _UPGRADES):
             raise StoreError(
                 f"{where} has schema version {version}; this envkit reads version {SCHEMA_VERSION}",
@@ -200,10 +236,12 @@ def _to_json(obj: Any) -> Any:
 def _from_json(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise StoreError(f"{where} must be an object, not {type(data).__name__}")
+    if not all(isinstance(k, str) for k in data):
+        raise StoreError(f"{where} has keys that are not strings")
     hints, fields = _schema(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise StoreError(f"{where} has unknown keys: {', '.join(unknown)}",
+        raise StoreError(f"{where} has unknown keys: {', '.join(map(_key, unknown))}",
                          hint="it was written by a newer envkit, or edited by hand")
     missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
@@ -243,7 +281,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             if (isinstance(entry.path, str) and isinstance(entry.size, int) and isinstance(entry.sha256, str)
                     and isinstance(entry.link, (str, type(None)))):
                 return entry
-        raise StoreError(f"{where}: expected a manifest entry {{path, size, sha256[, link]}}, got {value!r:.120}")
+        raise StoreError(f"{where}: expected a manifest entry {{path, size, sha256[, link]}}, got {shown(value)}")
     elif dataclasses.is_dataclass(tp):
         return _from_json(tp, value, where)
     elif origin is list:
@@ -253,7 +291,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     elif origin is dict:
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             _, item = typing.get_args(tp)
-            return {k: _convert(v, item, f"{where}.{k}") for k, v in value.items()}
+            return {k: _convert(v, item, f"{where}.{_key(k)}") for k, v in value.items()}
     elif tp is bool:
         if isinstance(value, bool):
             return value
@@ -269,4 +307,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     else:  # pragma: no cover - a field type this function was not taught
         raise TypeError(f"no conversion for {tp!r}")
     expected = getattr(tp, "__name__", str(tp))
-    raise StoreError(f"{where}: expected {expected}, got {type(value).__name__} {value!r:.80}")
+    raise StoreError(f"{where}: expected {expected}, got {type(value).__name__} {shown(value)}")
+
+
+def _key(key: str) -> str:
+    """A key from a record for a message: plain when it is a plain name, else quoted (one line, escapes shown)."""
+    return key if key.isidentifier() else shown(key)

@@ -44,8 +44,8 @@ SCHEMA_VERSION = 1
 BACKENDS = ("local", "slurm")
 SWEEP_STATUSES = ("running", "succeeded", "failed", "interrupted")
 # A seed's state: a run's own status once it has a record, else where the scheduler has it.
-RUN_STATES = ("pending", "running", "succeeded", "failed", "interrupted", "oom", "cancelled", "lost")
-FINISHED_STATES = frozenset({"succeeded", "failed", "interrupted", "oom", "cancelled", "lost"})
+RUN_STATES = ("pending", "running", "succeeded", "failed", "interrupted", "oom", "abandoned", "cancelled", "lost")
+FINISHED_STATES = frozenset({"succeeded", "failed", "interrupted", "oom", "abandoned", "cancelled", "lost"})
 _ID_HINT = "sweep ids look like 20261130T101500123Z-3f9a1c2b; list them with `envkit sweeps`"
 
 
@@ -67,6 +67,7 @@ class SweepPlan:
 
     script: str
     args: list[str] = field(default_factory=list)
+    argv: list[str] | None = None  # `-- COMMAND ARGS` instead of `python SCRIPT ARGS`
     image: ImageInfo = field(default_factory=ImageInfo)
     lock: LockInfo | None = None
     code: CodeInfo = field(default_factory=CodeInfo)  # the snapshot's hash and the project's git state (no files)

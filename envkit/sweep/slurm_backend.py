@@ -129,7 +129,7 @@ class SlurmBackend:
         except Exception:  # noqa: BLE001 - a record that cannot be read stays as it is; the seed is lost
             state.state, state.note = "lost", f"Slurm: {task.state}; the run's record cannot be read"
             return
-        if record.status == "running":
+        if record.status in ("running", "abandoned"):  # abandoned: read here, on the node that ran it
             record.status = STOPPED.get(task.state, "failed")
             record.notes.append(f"Slurm ended the task ({task.state}) before the run could finish its record")
             self.store.write(record)

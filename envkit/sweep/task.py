@@ -32,7 +32,7 @@ QUIET = Sink(None, None)  # a sweep's runs keep their output in their logs; the 
 def plan_of(job: JobSpec, code: CodeInfo, project: Path) -> SweepPlan:
     """The sweep's plan from the job its request resolved to (the seed aside)."""
     return SweepPlan(
-        script=job.script, args=list(job.args),
+        script=job.script, args=list(job.args), argv=list(job.argv) if job.argv else None,
         image=ImageInfo(id=job.image_id, ref=job.image_ref, digests=list(job.image_digests),
                         digest=job.image_digests[0] if job.image_digests else None),
         lock=job.lock, code=code, determinism=job.determinism, threads=job.threads, cpu_profile=job.cpu_profile,
@@ -59,7 +59,7 @@ def job_for_seed(sweep: SweepRecord, store: SweepStore, index: int, image_id: st
         mounts=[Mount(Path(m["source"]), m["target"]) for m in plan.mounts], trace=plan.trace, extra_env=env,
         network=plan.network, lock=plan.lock, command=list(sweep.command), code_source=layout.code,
         lock_text=layout.lock.read_text(encoding="utf-8") if layout.lock.is_file() else None, memory=plan.memory,
-        sweep={"id": sweep.sweep_id, "index": index},
+        sweep={"id": sweep.sweep_id, "index": index}, argv=list(plan.argv) if plan.argv else None,
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from envkit.engine import Engine
 from envkit.errors import EnvkitError, SweepError
 from envkit.run.runner import RunRequest, job_spec
-from envkit.run.snapshot import git_info, snapshot
+from envkit.run.snapshot import git_info, list_project, snapshot
 from envkit.store.filestore import FileStore
 from envkit.store.record import CodeInfo, RunRecord, redact_environment, utc_now
 from envkit.store.sweeps import SweepRecord, SweepRun, SweepStore
@@ -86,7 +86,11 @@ def start_sweep(engine: Engine, store: FileStore, request: SweepRequest, on_prog
     if request.backend == "local" and not request.wait:
         raise SweepError("a local sweep runs in this process: --no-wait needs --backend slurm",
                          hint="drop --no-wait, or submit to Slurm with --backend slurm")
-    job = job_spec(engine, request.run)
+    job = job_spec(engine, store, request.run)
+    if job.upstream:
+        raise SweepError("--input is not supported in sweeps or on Slurm yet",
+                         hint="--mount the earlier run's output folder (it is hashed as an input), or copy it into "
+                              "the project")
     notes = []
     if request.backend == "local":
         parallelism = bound_parallel(request.parallel, len(request.seeds), job.threads, job.memory)
@@ -153,7 +157,9 @@ def _freeze(store: FileStore, sweeps: SweepStore, sweep_id: str, request: SweepR
     """The project snapshot, git state and lockfile of the sweep, and its first record."""
     layout = sweeps.layout(sweep_id)
     project = Path(request.run.project)
-    code = snapshot(project, layout.code, exclude_dirs=[store.root])
+    listing = list_project(project, exclude_dirs=[store.root], ignore=job.ignore)  # what one run would snapshot
+    notes += [listing.warning] if listing.warning else []
+    code = snapshot(project, layout.code, files=listing.files)
     gi = git_info(project)
     if gi is not None and gi.dirty:
         layout.git_diff.write_bytes(gi.diff.encode("utf-8", "surrogateescape"))
@@ -298,7 +304,13 @@ def _states_of(sweep: SweepRecord) -> list[TaskState]:
 
 # --- reading sweeps back -------------------------------------------------------------------------------------------
 def summarize(store: FileStore, sweep: SweepRecord) -> tuple[stats.SweepSummary, list[tuple[RunRecord, Path]]]:
-    """The per-metric statistics of a sweep's runs (only succeeded runs count), and the runs' records."""
+    """The per-metric statistics of a sweep's runs (only succeeded runs count), and the runs' records.
+
+    A sweep still running (on Slurm, or in another process) is read as the store has it now: its record is brought
+    up to date in memory from the tasks' reports, without asking the scheduler.
+    """
+    if sweep.status == "running":
+        _apply(sweep, states_from_store(store, sweep), interrupted=False, final=False)
     rows, runs = [], []
     for run in sweep.runs:
         record = None

@@ -14,12 +14,10 @@ from pathlib import Path
 import pytest
 
 from envkit.errors import (
+    EXIT_RUN_FAILED,
     EngineUnavailableError,
-    ImageNotFoundError,
     InvalidRunIdError,
-    LockfileError,
     RunNotFoundError,
-    ScriptNotFoundError,
 )
 
 from .conftest import ROOT, envkit
@@ -158,10 +156,11 @@ def test_twenty_concurrent_runs_leave_twenty_intact_records(tmp_path, tiny_image
     assert len(json.loads(listing.stdout)) == 20 and listing.stderr == ""  # no broken record reported
 
 
+# `envkit run` exits with the job's code, so its own failures are docker's 125 (the error's own code is in --json).
 @pytest.mark.parametrize("args, code, words", [
-    (["run", "--seed", "1", "--image", "IMAGE", "nope.py"], ScriptNotFoundError.exit_code, "script nope.py not found"),
-    (["run", "--seed", "1", "--lock", "missing.lock.yaml", "ok.py"], LockfileError.exit_code, "not found"),
-    (["run", "--seed", "1", "--image", "envkit/none:none", "ok.py"], ImageNotFoundError.exit_code, "not on this"),
+    (["run", "--seed", "1", "--image", "IMAGE", "nope.py"], EXIT_RUN_FAILED, "script nope.py not found"),
+    (["run", "--seed", "1", "--lock", "missing.lock.yaml", "ok.py"], EXIT_RUN_FAILED, "not found"),
+    (["run", "--seed", "1", "--image", "envkit/none:none", "ok.py"], EXIT_RUN_FAILED, "not on this"),
     (["show", "../../etc/passwd"], InvalidRunIdError.exit_code, "run id"),
     (["show", "20991231T000000000Z-00000000"], RunNotFoundError.exit_code, "no run"),
 ])
@@ -176,6 +175,7 @@ def test_bad_input_one_line_hint_and_exit_code(tmp_path, tiny_image, args, code,
 
 def test_engine_down(tmp_path, tiny_image):
     (tmp_path / "ok.py").write_text("print('ok')\n")
-    r = envkit("run", "--seed", "1", "--image", tiny_image, "ok.py", cwd=tmp_path,
+    r = envkit("run", "--seed", "1", "--image", tiny_image, "--json", "ok.py", cwd=tmp_path,
                env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
-    assert r.returncode == EngineUnavailableError.exit_code and "hint:" in r.stderr
+    assert r.returncode == EXIT_RUN_FAILED and "hint:" in r.stderr
+    assert json.loads(r.stdout)["error"]["code"] == EngineUnavailableError.exit_code

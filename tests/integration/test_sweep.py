@@ -158,9 +158,9 @@ def test_compare_tells_a_learning_rate_change_from_the_same_job_on_other_seeds(p
 
 
 # --- faults ------------------------------------------------------------------------------------------------------
-def test_a_failing_seed_without_metrics_is_marked_the_others_kept_and_the_exit_is_5(project, tiny_image):
+def test_a_failing_seed_without_metrics_is_marked_the_others_kept_and_the_exit_is_6(project, tiny_image):
     r = cli(project, "sweep", "--seeds", "0-2", "--backend", "slurm", "--image", tiny_image, "flaky.py")
-    assert r.returncode == 5, r.stderr
+    assert r.returncode == 6, r.stderr
     assert "no metrics found" in r.stdout
     report = cli_json(project, "sweep", "show", r.stdout.strip().splitlines()[-1])
     assert [(x["seed"], x["state"]) for x in report["runs"]] == [(0, "succeeded"), (1, "failed"), (2, "succeeded")]

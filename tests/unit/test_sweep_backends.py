@@ -160,7 +160,7 @@ def test_a_malformed_seed_range_is_one_line_with_a_hint_and_exit_16(argv, words,
 def test_sweep_commands_on_an_empty_store(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("ENVKIT_HOME", str(tmp_path / "store"))
     assert main(["sweeps", "--json"]) == 0 and json.loads(capsys.readouterr().out) == []
-    assert main(["sweep", "show", "20261130T101500123Z-3f9a1c2b"]) == 36
+    assert main(["sweep", "show", "20261130T101500123Z-3f9a1c2b"]) == 37
     assert main(["sweep", "status", "../../etc"]) == 16
     assert "malformed sweep id" in capsys.readouterr().err
 
@@ -171,4 +171,25 @@ def test_the_node_entry_point_reports_a_bad_sweep_as_the_cli_would(tmp_path, cap
     assert node_main(["--store", str(tmp_path), "../etc", "0"]) == 16
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("error: malformed sweep id") and err[1].startswith("hint: ")
-    assert node_main(["--store", str(tmp_path), "20261130T101500123Z-3f9a1c2b", "0"]) == 36
+    assert node_main(["--store", str(tmp_path), "20261130T101500123Z-3f9a1c2b", "0"]) == 37
+
+
+def test_mlflow_export_of_a_sweep_id_reads_the_sweep(submitted, monkeypatch, capsys):
+    engine, store, sweep, _ = submitted
+    for index in range(3):
+        run_seed(engine, store, sweep, index, scheduler=SLURM_IDS)
+    seen = {}
+
+    def export_sweep(sweep_id, runs, stats, *args, **kw):
+        seen.update(sweep_id=sweep_id, runs=[r.run_id for r, _ in runs], stats=stats)
+        raise __import__("envkit.errors").errors.TrackerError("no tracker in this test")
+
+    monkeypatch.setattr("envkit.tracking.mlflow.export_sweep", export_sweep)
+    monkeypatch.setenv("ENVKIT_HOME", str(store.root))
+    main(["mlflow", "export", sweep.sweep_id, "--tracking-uri", "http://127.0.0.1:9"])
+    assert seen["sweep_id"] == sweep.sweep_id and len(seen["runs"]) == 3
+    assert seen["stats"]["score"] == {"n": 3, "mean": 11.0, "std": 1.0, "min": 10.0, "max": 12.0,
+                                      "ci95_low": pytest.approx(11.0 - 4.302652729911275 / 3 ** 0.5),
+                                      "ci95_high": pytest.approx(11.0 + 4.302652729911275 / 3 ** 0.5)}
+    assert main(["mlflow", "export", "20261130T101500123Z-3f9a1c2b", "--tracking-uri", "http://127.0.0.1:9"]) == 31
+    assert "no run or sweep" in capsys.readouterr().err

@@ -134,7 +134,7 @@ def test_a_failing_seed_is_marked_and_the_others_are_kept(project, store):
     assert len(runs) == 4 and table["accuracy"]["n"] == 3  # the failed run is kept, not counted
     from envkit.cli.sweep import exit_code
 
-    assert exit_code(outcome.sweep.status) == 5
+    assert exit_code(outcome.sweep.status) == 6
 
 
 def test_runs_without_metrics_are_kept_and_the_report_says_no_metrics(project, store):

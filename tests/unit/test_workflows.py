@@ -210,6 +210,7 @@ def tiny_lock(tmp_path: Path, base_id: str) -> Lockfile:
 
 def test_a_second_build_of_a_lock_is_a_cache_hit(tmp_path, monkeypatch):
     monkeypatch.setenv("ENVKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ENVKIT_ALLOW_FILE_URLS", "1")  # a lock made in the test, read from its own local path
     engine = FakeEngine()
     lock = tiny_lock(tmp_path, engine.add_image("base"))
     first = build_image(engine, lock)
@@ -218,3 +219,94 @@ def test_a_second_build_of_a_lock_is_a_cache_hit(tmp_path, monkeypatch):
     second = build_image(engine, lock)
     assert second.cache_hit and second.image_id == first.image_id
     assert [c for c, _ in engine.calls].count("build") == 1  # nothing was built again
+
+
+def test_an_image_labelled_with_a_locks_build_key_is_not_taken_for_its_build(tmp_path, monkeypatch):
+    """Anyone can compute a public lock's build key and load an image carrying it (a bundle, a pull): only images
+    envkit itself built for the key are cache hits."""
+    monkeypatch.setenv("ENVKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ENVKIT_ALLOW_FILE_URLS", "1")  # the test's lock names its own local wheel
+    engine = FakeEngine()
+    lock = tiny_lock(tmp_path, engine.add_image("base"))
+    planted = engine.add_image("planted", labels={LABEL_BUILD_KEY: plan_build(lock).build_key})
+    result = build_image(engine, lock)
+    assert not result.cache_hit and result.image_id != planted
+    assert build_image(engine, lock).image_id == result.image_id  # its own build is found again
+
+
+# --- the job's privileges and its record's end (issue 12) ----------------------------------------------------------
+def test_the_job_runs_unprivileged_with_no_capabilities(project, store):
+    seen = {}
+
+    def job(ctx: JobContext) -> Outcome:
+        seen["work_owner"] = ctx.path("/work").stat().st_uid
+        return Outcome(0)
+
+    engine = FakeEngine()
+    record = start(engine, store, project, engine.add_image("img", job))
+    spec = next(arg for call, arg in engine.calls if call == "create")
+    assert spec.cap_drop == ("ALL",) and "no-new-privileges" in spec.security_opt and spec.pids_limit
+    expected = "65532:65532" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
+    assert spec.user == expected and record.user == expected
+    assert seen["work_owner"] == int(expected.split(":")[0])  # the folders the job writes are its own
+    assert spec.network == "none" and record.network == "none"
+    assert record.host_pid == os.getpid() and record.host_pid_start
+
+
+def test_only_the_documented_network_modes_are_accepted(project, store):
+    engine = FakeEngine()
+    image = engine.add_image("img", seeded_job)
+    with pytest.raises(JobError, match="network 'host'"):
+        run(engine, store, RunRequest(script="train.py", seed=1, image=image, project=project, network="host"),
+            sink=QUIET)
+    record = run(engine, store, RunRequest(script="train.py", seed=1, image=image, project=project,
+                                           network="bridge", trace="off"), sink=QUIET)
+    replayed = replay(engine, store, record.run_id, sink=QUIET).record
+    assert record.network == replayed.network == "bridge"  # replay keeps the network mode
+
+
+def test_a_closed_terminal_stops_the_job_like_ctrl_c(project, store):
+    def job(ctx: JobContext) -> Outcome:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert ctx.stopped.wait(5)
+        return Outcome(0)
+
+    engine = FakeEngine()
+    assert start(engine, store, project, engine.add_image("img", job)).status == "interrupted"
+
+
+def test_a_run_whose_envkit_died_is_shown_abandoned_and_doctor_marks_it(project, store):
+    import subprocess
+
+    from envkit.doctor import clean_abandoned
+    from envkit.store.filestore import process_start
+
+    engine = FakeEngine()
+    record = start(engine, store, project, engine.add_image("img", seeded_job))
+    dead = subprocess.Popen(["sleep", "0"])
+    dead.wait()
+    record.status, record.host_pid, record.host_pid_start = "running", dead.pid, 12345  # killed mid-run
+    store.write(record)
+    assert store.list().rows[0]["status"] == "abandoned"
+    assert store.read(record.run_id).status == "abandoned"
+    live = store.read(record.run_id)
+    live.status, live.host_pid, live.host_pid_start = "running", os.getpid(), process_start(os.getpid())
+    store.write(live)
+    assert store.read(record.run_id).status == "running"  # its process is alive: not abandoned
+    record.status = "running"
+    store.write(record)
+    marked, _ = clean_abandoned(store.root)
+    assert marked == [record.run_id]
+    assert json.loads(store.layout(record.run_id).record.read_text())["status"] == "abandoned"
+
+
+def test_credential_files_stay_out_of_the_snapshot_with_a_warning(project, store):
+    (project / ".env").write_text("HF_TOKEN=hf_secret\n")
+    (project / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    warnings = []
+    engine = FakeEngine()
+    record = run(engine, store, RunRequest(script="train.py", seed=1, image=engine.add_image("img", seeded_job),
+                                           project=project, trace="off"), sink=QUIET, on_warning=warnings.append)
+    files = [e.path for e in record.code.files]
+    assert ".env" not in files and "id_rsa" not in files and "train.py" in files
+    assert len(warnings) == 1 and ".env" in warnings[0] and warnings[0] in record.notes
