@@ -138,6 +138,15 @@ def render_record(record: RunRecord, layout: RunLayout) -> str:
     if gpus.get("available"):
         names = [str(d.get("name")) for d in gpus.get("devices") or []]
         row("gpus", f"{', '.join(names)} (driver {gpus.get('driver_version')})")
+    if record.metrics:
+        row("metrics", ", ".join(f"{name} {value:.6g}" for name, value in list(record.metrics.items())[:8])
+            + (f", ... ({len(record.metrics)} in all)" if len(record.metrics) > 8 else ""))
+    if record.sweep:
+        row("sweep", f"{record.sweep.get('id')} (seed number {record.sweep.get('index')})")
+    if record.scheduler:
+        sched = record.scheduler
+        row(sched.get("backend", "scheduler"), f"job {sched.get('job_id')} (array {sched.get('array_job_id')}, "
+                                               f"task {sched.get('array_task_id')}) on {sched.get('node')}")
     row("replay of", record.replay_of)
     if record.platform_mismatch:
         row("platform", "differs from the recorded run in a field that changes numerics")

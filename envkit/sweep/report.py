@@ -12,10 +12,9 @@ no NaN), and the notes say why.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
+from envkit.atomic import atomic_output
 from envkit.errors import SweepError
 from envkit.sweep.stats import CONFIDENCE, Comparison, MetricSummary, SweepSummary
 
@@ -142,11 +141,9 @@ def plot(summary: SweepSummary, path: Path | str, title: str | None = None) -> P
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".plot-", suffix=".png", dir=target.parent)
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_output(target, durable=False) as fh:
             # No "Software" key: the same report gives the same bytes whatever matplotlib wrote it.
             fig.savefig(fh, format="png", dpi=100, metadata={"Software": None})
-        os.replace(tmp, target)
     except OSError as exc:
         raise SweepError(f"cannot write the plot {target}: {exc.strerror or exc}") from exc
     return target

@@ -109,10 +109,9 @@ def start_sweep(engine: Engine, store: FileStore, request: SweepRequest, on_prog
         backend = _backend(engine, store, request, job)
     try:
         backend.submit(sweep)
-    except EnvkitError as exc:
-        sweep.status, sweep.finished = "failed", utc_now()
-        sweep.notes.append(f"not submitted: {exc.message}")
-        sweeps.write(sweep)
+    except BaseException:
+        # Nothing started (sbatch refused, Slurm unreachable): a sweep that never ran is not kept.
+        shutil.rmtree(sweeps.layout(sweep_id).root, ignore_errors=True)
         raise
     sweeps.write(sweep)
     if on_submitted is not None:

@@ -168,12 +168,14 @@ def test_a_failing_seed_without_metrics_is_marked_the_others_kept_and_the_exit_i
     assert all(record(project, x["run_id"])["status"] in ("succeeded", "failed") for x in report["runs"])
 
 
-def test_sbatch_refusing_shows_its_message(project, tiny_image):
+def test_sbatch_refusing_shows_its_message_and_keeps_no_sweep(project, tiny_image):
+    before = len(cli_json(project, "sweeps"))
     r = cli(project, "sweep", "--seeds", "0-1", "--backend", "slurm", "--partition", "no-such-partition", "--image",
             tiny_image, "flaky.py")
     assert r.returncode == 28
     lines = r.stderr.strip().splitlines()
     assert "Invalid partition name specified" in lines[-2] and "sinfo" in lines[-1]
+    assert len(cli_json(project, "sweeps")) == before
 
 
 def test_an_unreachable_slurm_says_to_check_sinfo(project, tiny_image, tmp_path):

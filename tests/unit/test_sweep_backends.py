@@ -193,3 +193,22 @@ def test_mlflow_export_of_a_sweep_id_reads_the_sweep(submitted, monkeypatch, cap
                                       "ci95_high": pytest.approx(11.0 + 4.302652729911275 / 3 ** 0.5)}
     assert main(["mlflow", "export", "20261130T101500123Z-3f9a1c2b", "--tracking-uri", "http://127.0.0.1:9"]) == 31
     assert "no run or sweep" in capsys.readouterr().err
+
+
+def test_a_sweep_that_could_not_be_submitted_is_not_kept(tmp_path):
+    from envkit.errors import SlurmError
+
+    class Refusing(Submitted):
+        def submit(self, sweep):
+            raise SlurmError("sbatch refused the job: Invalid partition name specified")
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("pass\n")
+    engine = FakeEngine()
+    store = FileStore(tmp_path / "store")
+    request = SweepRequest(run=RunRequest(script="train.py", image=engine.add_image("img"), project=project),
+                           seeds=[0, 1], backend="slurm")
+    with pytest.raises(SlurmError, match="Invalid partition"):
+        start_sweep(engine, store, request, backend=Refusing())
+    assert SweepStore(store.root).list() == ([], [])
