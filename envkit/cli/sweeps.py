@@ -21,6 +21,13 @@ def _store():
     return FileStore(store_dir())
 
 
+def _resolve(store: Any, ref: str) -> str:
+    """A sweep id from what the user typed: a full id, ``last``, or a unique prefix."""
+    from envkit.store.sweeps import SweepStore
+
+    return SweepStore(store.root).resolve(ref)
+
+
 @app.command("sweeps")
 def sweeps_cmd(
     limit: int = typer.Option(0, "--limit", "-n", min=0, help="Show at most this many sweeps (0: all)."),
@@ -59,7 +66,8 @@ def _row(sweep: Any) -> dict[str, Any]:
 
 @sweep_app.command("show")
 def show_cmd(
-    sweep_id: str = typer.Argument(..., metavar="SWEEP_ID", help="A sweep id from `envkit sweeps`."),
+    sweep_id: str = typer.Argument(..., metavar="SWEEP_ID", help="A sweep id from `envkit sweeps`, a unique prefix of "
+                                                                  "one, or last."),
     plot: Path = typer.Option(None, "--plot", help="Write the plot here (default: report.png in the sweep's folder)."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Make no plot."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (run ids, statistics, plot path)."),
@@ -70,6 +78,7 @@ def show_cmd(
     from envkit.sweep.workflow import follow
 
     store = _store()
+    sweep_id = _resolve(store, sweep_id)
     sweep = SweepStore(store.root).read(sweep_id)
     if sweep.status == "running":
         try:
@@ -124,6 +133,7 @@ def status_cmd(
     from envkit.sweep.workflow import follow
 
     store = _store()
+    sweep_id = _resolve(store, sweep_id)
     try:
         with SeedProgress(enabled=follow_ and not json_out) as progress:
             outcome = follow(store, sweep_id, on_progress=progress.update, wait=follow_)
@@ -161,7 +171,9 @@ def compare_cmd(
     from envkit.sweep import report
     from envkit.sweep.workflow import compare_sweeps
 
-    comparison = compare_sweeps(_store(), sweep_a, sweep_b)
+    store = _store()
+    sweep_a, sweep_b = _resolve(store, sweep_a), _resolve(store, sweep_b)
+    comparison = compare_sweeps(store, sweep_a, sweep_b)
     if json_out:
         print_json(report.comparison_to_dict(comparison, sweep_a, sweep_b))
     else:
@@ -177,7 +189,9 @@ def cancel_cmd(
     """Cancel a Slurm sweep (scancel): pending seeds never start, running ones are recorded interrupted."""
     from envkit.sweep.workflow import cancel_sweep
 
-    outcome = cancel_sweep(_store(), sweep_id)
+    store = _store()
+    sweep_id = _resolve(store, sweep_id)
+    outcome = cancel_sweep(store, sweep_id)
     for note in outcome.notes:
         err_console.print(f"note: {note}", highlight=False)
     if json_out:

@@ -28,7 +28,7 @@ from typing import Any
 
 from envkit.atomic import atomic_write
 from envkit.errors import EnvkitError, StoreError, SweepError, SweepNotFoundError
-from envkit.store.filestore import new_run_id
+from envkit.store.filestore import _HEX_RE, _PREFIX_RE, LAST, new_run_id
 from envkit.store.record import RUN_ID_RE, CodeInfo, ImageInfo, LockInfo, _from_json, _to_json, utc_now
 
 SWEEPS = "sweeps"
@@ -194,6 +194,37 @@ class SweepStore:
     def layout(self, sweep_id: str) -> SweepLayout:
         """Every path of a sweep's folder. Raises SweepError for a malformed id."""
         return SweepLayout(self.sweeps_dir / validate_sweep_id(sweep_id))
+
+    def resolve(self, ref: str) -> str:
+        """The sweep id ``ref`` names: a full id, ``last`` (the newest sweep), a unique prefix of an id
+        (``20261130T2328``) or of at least 4 of its 8 hex digits, as run ids are resolved.
+
+        Raises:
+            SweepError: characters no sweep id has, or several sweeps match (named). SweepNotFoundError: none does.
+        """
+        if isinstance(ref, str) and RUN_ID_RE.fullmatch(ref):
+            return ref
+        try:
+            ids = sorted((n for n in os.listdir(self.sweeps_dir) if RUN_ID_RE.fullmatch(n)), reverse=True)
+        except FileNotFoundError:
+            ids = []
+        except OSError as exc:
+            raise StoreError(f"cannot list {self.sweeps_dir}: {exc.strerror}") from exc
+        if ref == LAST:
+            if not ids:
+                raise SweepNotFoundError(f"no sweeps in {self.root} yet, so no last sweep")
+            return ids[0]
+        if not isinstance(ref, str) or not _PREFIX_RE.fullmatch(ref):
+            validate_sweep_id(ref)  # raises, quoting it
+        hex_part = bool(_HEX_RE.fullmatch(ref))
+        found = [i for i in ids if i.startswith(ref) or (hex_part and i[20:].startswith(ref))]
+        if not found:
+            raise SweepNotFoundError(f"no sweep matches {ref!r} in {self.root}")
+        if len(found) > 1:
+            shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+            raise SweepError(f"sweep id {ref!r} matches {len(found)} sweeps: {shown}",
+                             hint="give more of the sweep id (`envkit sweeps` lists them)")
+        return found[0]
 
     def create(self) -> str:
         """A new sweep id with its folder (and tasks/) created, unique among concurrent processes."""

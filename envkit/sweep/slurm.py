@@ -133,7 +133,7 @@ out={out}
 i="${{SLURM_ARRAY_TASK_ID:?this script runs as a Slurm array task}}"
 mark() {{ printf '%s\\n' "$2" > "$out/task-$i.$1.tmp.$$" && mv -f "$out/task-$i.$1.tmp.$$" "$out/task-$i.$1"; }}
 mark start "{{\\"job_id\\": \\"${{SLURM_JOB_ID:-}}\\", \\"array_job_id\\": \\"${{SLURM_ARRAY_JOB_ID:-}}\\", \
-\\"node\\": \\"${{SLURMD_NODENAME:-}}\\", \\"started\\": $(date +%s)}}"
+\\"node\\": \\"${{SLURMD_NODENAME:-}}\\", \\"started\\": $(date +%s.%N)}}"
 run_task() {{
 case "$i" in
 {cases}

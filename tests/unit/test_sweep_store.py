@@ -148,3 +148,19 @@ def test_memavailable_is_read_from_meminfo(tmp_path):
     meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n")
     assert available_memory(meminfo) == 20000000 * 1024
     assert available_memory(Path(tmp_path / "missing")) is None
+
+
+def test_a_sweep_is_named_by_its_id_a_unique_prefix_or_last(tmp_path):
+    store = SweepStore(tmp_path)
+    with pytest.raises(SweepNotFoundError, match="no sweeps"):
+        store.resolve("last")
+    first, second = store.create(), store.create()
+    assert store.resolve(second) == second and store.resolve("last") == max(first, second)
+    assert store.resolve(first[-8:]) == first and store.resolve(first[-8:-2]) == first
+    with pytest.raises(SweepError, match="matches 2 sweeps") as err:
+        store.resolve(first[:8])  # the same day
+    assert "envkit sweeps" in err.value.hint
+    with pytest.raises(SweepNotFoundError):
+        store.resolve("19990101T")
+    with pytest.raises(SweepError, match="malformed sweep id"):
+        store.resolve("../etc")
