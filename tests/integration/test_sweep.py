@@ -175,6 +175,9 @@ def test_sbatch_refusing_shows_its_message_and_keeps_no_sweep(project, tiny_imag
     assert r.returncode == 28
     lines = r.stderr.strip().splitlines()
     assert "Invalid partition name specified" in lines[-2] and "sinfo" in lines[-1]
+    passed_through = cli(project, "sweep", "--seeds", "0", "--backend", "slurm", "--sbatch=--partition=elsewhere",
+                         "--image", tiny_image, "flaky.py")
+    assert passed_through.returncode == 28 and "invalid partition specified: elsewhere" in passed_through.stderr
     assert len(cli_json(project, "sweeps")) == before
 
 
