@@ -96,7 +96,8 @@ def run(script: str | None = None, *args: str, command: Sequence[str] | None = N
         threads: int | None = None, gpus: str | None = None, cpu_profile: str | None = None,
         mounts: Iterable[str] = (), inputs: Iterable[str] = (), trace: str | None = None, network: str | None = None,
         env: Mapping[str, str] | None = None, memory: str | None = None, project: str | Path | None = None,
-        echo: bool = False) -> Run:
+        echo: bool = False, shm_size: str | None = None, ipc: str | None = None, env_file: str | Path | None = None,
+        user: str | None = None) -> Run:
     """Run ``script`` with ``args`` (or any ``command``, as ``envkit run -- COMMAND``) in the lock's (or
     ``image``'s) image, seeded and recorded.
 
@@ -107,6 +108,7 @@ def run(script: str | None = None, *args: str, command: Sequence[str] | None = N
         command: argv of any command on the image's PATH, e.g. ``["torchrun", "--nproc-per-node", "2", "t.py"]``.
         inputs: ``RUN:PATH[:DEST]`` earlier runs' outputs as inputs (``RUN``: an id, a unique prefix, ``last``).
         echo: stream the job's output to this process's stdout/stderr (default: only into the run's logs).
+        gpus, shm_size, ipc, env_file, user: as ``envkit run``'s options (docs/gpu.md).
 
     Raises:
         TypeError: neither or both of ``script`` and ``command``, or no seed here or in the configuration.
@@ -127,7 +129,8 @@ def run(script: str | None = None, *args: str, command: Sequence[str] | None = N
     if settings["seed"] is None:
         raise TypeError("run() needs a seed: pass seed=N or set seed in the project configuration")
     request = RunRequest(script=script or "", args=[str(a) for a in args], project=folder, inputs=list(inputs),
-                         argv=[str(a) for a in command] if command is not None else None, **settings)
+                         argv=[str(a) for a in command] if command is not None else None, shm_size=shm_size,
+                         ipc=ipc, env_file=Path(env_file) if env_file else None, user=user, **settings)
     store = _store(folder if project else None)
     record = run_workflow(connect(), store, request, sink=None if echo else Sink(io.BytesIO(), io.BytesIO()))
     return Run(id=record.run_id, status=record.status, exit_code=record.exit_code, outputs=list(record.outputs),
@@ -135,7 +138,8 @@ def run(script: str | None = None, *args: str, command: Sequence[str] | None = N
 
 
 def replay(run_id: str, force: bool = False, rebuild: bool = False, project: str | Path | None = None,
-           echo: bool = False, ignore_lines: Sequence[str] = (), upstream: bool = False) -> Replay:
+           echo: bool = False, ignore_lines: Sequence[str] = (), upstream: bool = False,
+           gpus: str | None = None, pin: bool = True) -> Replay:
     """Replay a recorded run here (``run_id``: an id, a unique prefix or ``last``); ``.verdict`` says IDENTICAL,
     DIVERGED, FAILED or UNVERIFIED (nothing to compare), ``.details`` why.
 
@@ -144,9 +148,13 @@ def replay(run_id: str, force: bool = False, rebuild: bool = False, project: str
             configuration's ``ignore_lines``).
         upstream: replay the runs it took ``inputs`` from first, then this run on their replays' outputs; the
             result is this run's replay, or the first upstream replay that was not IDENTICAL.
+        gpus: the GPUs to replay with instead of the recorded request (``all``, ``N``, ``device=0,2``).
+        pin: when a replay diverges between recorded steps more than one step apart, rerun both jobs with every
+            step between traced to name the exact step (``.details.divergence``).
     """
     from envkit.engine import connect
     from envkit.lineage import replay_chain
+    from envkit.pin import replay_pinner
     from envkit.replay import replay as replay_workflow
     from envkit.run.executor import Sink
     from envkit.stdoutcompare import configured_patterns
@@ -155,13 +163,15 @@ def replay(run_id: str, force: bool = False, rebuild: bool = False, project: str
     run_id = store.resolve(run_id)
     patterns = list(dict.fromkeys([*configured_patterns(_config(Path(project) if project else None)),
                                    *ignore_lines]))
+    engine = connect()
     options: dict[str, Any] = {"force": force, "rebuild": rebuild, "ignore_lines": patterns,
-                               "sink": None if echo else Sink(io.BytesIO(), io.BytesIO())}
+                               "sink": None if echo else Sink(io.BytesIO(), io.BytesIO()),
+                               "after_judge": replay_pinner(engine, store) if pin else None}
     if upstream:
-        chain = replay_chain(connect(), store, run_id, **options)
+        chain = replay_chain(engine, store, run_id, **options)
         stopped = next((r for r in chain.results if r.original.run_id == chain.stopped_at), None)
         return Replay.from_result(stopped or chain.results[-1])
-    return Replay.from_result(replay_workflow(connect(), store, run_id, **options))
+    return Replay.from_result(replay_workflow(engine, store, run_id, gpus=gpus, **options))
 
 
 def runs(project: str | Path | None = None, limit: int | None = None) -> list[RunSummary]:

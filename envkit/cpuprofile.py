@@ -29,8 +29,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from packaging.version import InvalidVersion, Version
-
 from envkit.errors import CpuProfileError, PlatformError
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -143,6 +141,8 @@ def numpy_env(profile: str, numpy_version: str | None) -> dict[str, str]:
     """
     if get_profile(profile).name != "portable" or not numpy_version:
         return {}
+    from packaging.version import InvalidVersion, Version  # only when an image is rendered
+
     try:
         version = Version(numpy_version)
     except InvalidVersion:

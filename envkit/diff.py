@@ -1,15 +1,13 @@
 """Where two runs part: the first optimizer step and parameters whose digests differ, and what could explain it.
 
-:func:`compare_traces` reads the step traces of two runs (written by :mod:`envkit.run.trace`) and finds the first
-recorded step at which a parameter's digest differs; :func:`first_divergence` is the short form ``envkit replay``
-uses for its DIVERGED verdict. :func:`diff_runs` adds the run records: which outputs differ, whether the parameters
-were equal at the end (then the difference is in how a file was written, not in training), and every difference
-between the records that could explain it: seed, determinism level, threads, CPU profile, image, lock, code, inputs,
-command, environment and the hardware/software fingerprint, those that change numerics first.
-:func:`render_diff` turns the result into text; nothing here prints.
-
-A trace pair is compared on the steps both recorded, so traces taken at different intervals still compare (at the
-steps they share); the divergence is then bracketed by the last common step that was equal.
+The step traces are compared by :mod:`envkit.steptrace` (the first recorded step at which a parameter's digest
+differs; its names are re-exported here) and the op traces by :mod:`envkit.optdiff`. :func:`diff_runs` adds the run
+records: which outputs differ, whether the parameters were equal at the end (then the difference is in how a file was
+written, not in training), and every difference between the records that could explain it: seed, determinism level,
+threads, CPU profile, image, lock, code, inputs, command, environment and the hardware/software fingerprint, those
+that change numerics first. It reads what is recorded and reruns nothing: :mod:`envkit.pin` reruns jobs to pin the
+exact step and the first op, and hands what it found in (``pinned``, ``ops``). :func:`render_diff` turns the result
+into text; nothing here prints.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envkit.errors import TraceError
 from envkit.fingerprint import compare_fingerprints
 from envkit.manifest import ManifestEntry, compare
 from envkit.settings import (
@@ -34,13 +31,28 @@ from envkit.settings import (
     ENV_TRACE,
     ENV_TRACE_FILE,
     ENV_TRACE_GRADS,
+    ENV_TRACE_OPS,
+    ENV_TRACE_OPS_FILE,
+    ENV_TRACE_OPS_SAVE,
+    ENV_TRACE_STEPS,
 )
-from envkit.store.layout import META_DIR
+from envkit.optdiff import OpFinding, render_op_finding
+from envkit.steptrace import (  # noqa: F401 - re-exported: diff is where users look for them
+    MAIN_TRACE,
+    PINNED,
+    TRACE_GLOB,
+    Divergence,
+    PinnedStep,
+    TraceComparison,
+    compare_traces,
+    describe_divergence,
+    describe_pin,
+    first_divergence,
+    first_divergence_in_runs,
+    read_trace,
+    trace_files,
+)
 from envkit.store.record import REDACTED, RunRecord
-
-TRACE_GLOB = "trace*.jsonl"
-MAIN_TRACE = "trace.jsonl"
-TRACE_FORMAT = 1
 
 # Verdicts of diff_runs.
 IDENTICAL = "identical"  # outputs equal, no trace divergence
@@ -56,270 +68,13 @@ _ENV_HARMLESS = {
     ENV_TRACE: "the step trace reads the parameters, it does not change them",
     ENV_TRACE_FILE: "the step trace reads the parameters, it does not change them",
     ENV_TRACE_GRADS: "the step trace reads the gradients, it does not change them",
+    ENV_TRACE_STEPS: "the step trace reads the parameters, it does not change them",
+    ENV_TRACE_OPS: "the op trace reads each op's outputs, it does not change them",
+    ENV_TRACE_OPS_FILE: "the op trace reads each op's outputs, it does not change them",
+    ENV_TRACE_OPS_SAVE: "the op trace copies an op's inputs and outputs, it does not change them",
     ENV_REPORT_DIR: "where envkit writes its reports",
     ENV_OUTPUT_DIR: "where the job writes outputs",
 }
-
-
-# --- traces ----------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Divergence:
-    """The first recorded step at which two traces differ.
-
-    ``step`` 0 is the parameters before the first update (the initialisation); ``final`` means the records of every
-    step agreed and only the digests taken when training ended differ (the parameters were changed after the last
-    optimizer step). ``last_equal`` is the latest common recorded step before it whose digests were all equal: the
-    divergence happened after it and at or before ``step``.
-    """
-
-    trace: str  # the trace file (one per process that stepped an optimizer)
-    optimizer: int
-    step: int
-    final: bool
-    last_equal: int | None
-    params: list[str]  # digests differ
-    grads: list[str] = field(default_factory=list)  # gradient digests differ (when both traces have them)
-    only_a: list[str] = field(default_factory=list)  # parameters in the first trace only
-    only_b: list[str] = field(default_factory=list)
-
-    @property
-    def at_initialisation(self) -> bool:
-        """The parameters already differ before the first optimizer step."""
-        return self.step == 0 and not self.final and bool(self.params or self.only_a or self.only_b)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "at_initialisation": self.at_initialisation}
-
-
-@dataclass(frozen=True)
-class TraceComparison:
-    """Two runs' traces side by side."""
-
-    divergence: Divergence | None
-    compared: int  # records compared (common steps, all files and optimizers)
-    files: list[str]  # trace files found in both runs
-    only_a: list[str] = field(default_factory=list)  # trace files of one run only
-    only_b: list[str] = field(default_factory=list)
-    final_equal: bool | None = None  # every final record equal; None when not both traces have them
-    last_steps: tuple[int | None, int | None] = (None, None)  # steps of optimizer 0 of the main trace
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["divergence"] = self.divergence.to_dict() if self.divergence else None
-        data["last_steps"] = list(self.last_steps)
-        return data
-
-
-@dataclass
-class _Trace:
-    name: str
-    header: dict[str, Any]
-    records: dict[tuple[int, int, bool], dict[str, Any]]  # (optimizer, step, final) -> {"params", "grads"?}
-    order: dict[int, list[str]]  # optimizer -> parameter names in the optimizer's order
-    truncated: bool = False
-
-
-def trace_files(path: Path) -> dict[str, Path]:
-    """The trace files of a run: ``path`` is a trace file, a run's ``meta`` folder or the run folder itself."""
-    path = Path(path)
-    if path.is_file():
-        return {path.name: path}
-    folder = path / META_DIR if (path / META_DIR).is_dir() else path
-    return {p.name: p for p in sorted(folder.glob(TRACE_GLOB)) if p.is_file()}
-
-
-def read_trace(path: Path) -> _Trace:
-    """Parse one trace file; a cut last line (a killed job) is dropped.
-
-    Raises:
-        TraceError: unreadable, not JSON lines, no header, or an unknown format version.
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(f"cannot read the step trace {path} ({getattr(exc, 'strerror', None) or exc})") from exc
-    lines = text.split("\n")
-    trace = _Trace(Path(path).name, {}, {}, {})
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            if number == len(lines):  # no newline after it: the job was killed while writing
-                trace.truncated = True
-                continue
-            raise TraceError(f"step trace {path}: line {number} is not JSON",
-                             hint="the file was edited or damaged; rerun with --trace to make a new one") from None
-        if not isinstance(obj, dict):
-            raise TraceError(f"step trace {path}: line {number} is not a JSON object")
-        try:
-            _add_line(trace, obj)
-        except (KeyError, IndexError, TypeError, ValueError):
-            raise TraceError(f"step trace {path}: line {number} is not a header, optimizer or step record") from None
-        if "envkit_trace" in obj and obj["envkit_trace"] != TRACE_FORMAT:
-            raise TraceError(f"step trace {path} has format {obj['envkit_trace']!r}; this envkit reads "
-                             f"{TRACE_FORMAT}", hint="use the envkit version that wrote it")
-    if not trace.header:
-        raise TraceError(f"step trace {path} has no header line", hint="is it a file written by `envkit run --trace`?")
-    return trace
-
-
-def _add_line(trace: _Trace, obj: dict[str, Any]) -> None:
-    """One parsed line into the trace; KeyError, TypeError or ValueError when it is none of the three kinds."""
-    if "envkit_trace" in obj:
-        trace.header = obj
-    elif "optimizer" in obj:
-        trace.order[int(obj["optimizer"])] = [str(p[0]) for p in obj["params"]]
-    elif isinstance(obj.get("params"), dict) and isinstance(obj.get("grads", {}), (dict, type(None))):
-        key = (int(obj.get("opt", 0)), int(obj["step"]), bool(obj.get("final", False)))
-        trace.records[key] = {"params": obj["params"], "grads": obj.get("grads")}
-    else:
-        raise ValueError("unknown line")
-
-
-def first_divergence(trace_a: Path, trace_b: Path) -> Divergence | None:
-    """The first step at which two runs' parameters differ, or None when every common recorded step agrees.
-
-    Each argument is a trace file, a run's ``meta`` folder or a run folder; the trace files of two folders are
-    paired by name (``trace.jsonl`` with ``trace.jsonl``, ``trace.rank1.jsonl`` with ``trace.rank1.jsonl``).
-
-    Raises:
-        TraceError: a trace file is malformed, or the two were made with different digests.
-    """
-    return compare_traces(trace_a, trace_b).divergence
-
-
-def first_divergence_in_runs(run_a: Path, run_b: Path) -> dict[str, Any] | None:
-    """For replay's verdict: where two run folders' traces part, as a JSON-ready dict; None without traces.
-
-    The dict is :meth:`Divergence.to_dict` plus ``message`` (:func:`describe_divergence`) when the traces part;
-    when they agree, ``step`` is None and ``message`` says so (and whether the final parameters are equal).
-
-    Raises:
-        TraceError: a trace file is malformed, or the two were made with different digests.
-    """
-    if not trace_files(run_a) or not trace_files(run_b):
-        return None
-    t = compare_traces(run_a, run_b)
-    if t.divergence is not None:
-        return {**t.divergence.to_dict(), "message": "training diverged " + describe_divergence(t.divergence)}
-    message = f"every recorded step agrees ({t.compared} compared)"
-    if t.final_equal:
-        message += "; the parameters are equal at the end, so a differing file differs in how it was written"
-    return {"step": None, "params": [], "message": message, "compared": t.compared, "final_equal": t.final_equal}
-
-
-def compare_traces(a: Path, b: Path) -> TraceComparison:
-    """Compare the traces of two runs (see :func:`first_divergence` for the arguments).
-
-    Raises:
-        TraceError: a trace file is malformed, or the two were made with different digests.
-    """
-    files_a, files_b = trace_files(a), trace_files(b)
-    if Path(a).is_file() and Path(b).is_file():  # two files named explicitly: compare them whatever their names
-        files_b = {name: files_b[other] for name, other in zip(files_a, files_b, strict=True)}
-    common = sorted(set(files_a) & set(files_b), key=lambda n: (n != MAIN_TRACE, n))
-    divergences: list[Divergence] = []
-    compared, finals, notes = 0, [], []
-    last_steps: tuple[int | None, int | None] = (None, None)
-    for name in common:
-        ta, tb = read_trace(files_a[name]), read_trace(files_b[name])
-        if ta.header.get("digest") != tb.header.get("digest"):
-            raise TraceError(f"the traces {name} were made with different digests ({ta.header.get('digest')} and "
-                             f"{tb.header.get('digest')})", hint="trace both runs with the same envkit version")
-        div, n, final_equal, pair_notes = _compare_pair(ta, tb)
-        compared += n
-        notes += pair_notes
-        if div is not None:
-            divergences.append(div)
-        if final_equal is not None:
-            finals.append(final_equal)
-        if name == common[0]:
-            last_steps = (_last_step(ta), _last_step(tb))
-    divergence = min(divergences, key=lambda d: (d.step, d.final), default=None)
-    return TraceComparison(
-        divergence=divergence, compared=compared, files=common, only_a=sorted(set(files_a) - set(files_b)),
-        only_b=sorted(set(files_b) - set(files_a)), final_equal=all(finals) if finals else None,
-        last_steps=last_steps, notes=notes,
-    )
-
-
-def _last_step(trace: _Trace, optimizer: int = 0) -> int | None:
-    steps = [step for opt, step, _final in trace.records if opt == optimizer]
-    return max(steps, default=None)
-
-
-def _compare_pair(ta: _Trace, tb: _Trace) -> tuple[Divergence | None, int, bool | None, list[str]]:
-    """First divergence, records compared, final parameters equal (None: not known), notes; one pair of files."""
-    notes = [f"{t.name} of run {side} ends with a cut line (the job was killed while writing)"
-             for side, t in (("A", ta), ("B", tb)) if t.truncated]
-    opts_a = {opt for opt, _s, _f in ta.records}
-    opts_b = {opt for opt, _s, _f in tb.records}
-    for opt in sorted(opts_a ^ opts_b):
-        notes.append(f"{ta.name}: optimizer {opt} stepped in run {'A' if opt in opts_a else 'B'} only")
-    found: list[Divergence] = []
-    compared = 0
-    finals: list[bool | None] = []
-    for opt in sorted(opts_a & opts_b):
-        order = ta.order.get(opt) or tb.order.get(opt) or []
-        last_equal = None
-        for key in sorted(k for k in set(ta.records) & set(tb.records) if k[0] == opt):
-            ra, rb = ta.records[key], tb.records[key]
-            compared += 1
-            params, only_a, only_b = _differ(ra["params"], rb["params"], order)
-            grads = (_differ(ra["grads"], rb["grads"], order)[0]
-                     if isinstance(ra["grads"], dict) and isinstance(rb["grads"], dict) else [])
-            if params or grads or only_a or only_b:
-                found.append(Divergence(ta.name, opt, key[1], key[2], last_equal, params, grads, only_a, only_b))
-                break
-            last_equal = key[1]
-        fa, fb = _final_params(ta, opt), _final_params(tb, opt)
-        finals.append(None if fa is None or fb is None else fa == fb)
-        sa, sb = _last_step(ta, opt), _last_step(tb, opt)
-        if sa != sb:
-            notes.append(f"{ta.name}: optimizer {opt} made {sa} steps in run A and {sb} in run B")
-    first = min(found, key=lambda d: (d.step, d.final, d.optimizer), default=None)
-    final_equal = None if not finals or None in finals else all(finals)
-    return first, compared, final_equal, notes
-
-
-def _final_params(trace: _Trace, optimizer: int) -> dict[str, Any] | None:
-    finals = [record["params"] for (opt, _step, final), record in trace.records.items() if opt == optimizer and final]
-    return finals[-1] if finals else None
-
-
-def _differ(a: dict[str, Any], b: dict[str, Any], order: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """Names whose digests differ, names in ``a`` only, names in ``b`` only; in the optimizer's order."""
-    rank = {name: i for i, name in enumerate(order)}
-
-    def ordered(names: set[str]) -> list[str]:
-        return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
-
-    both = set(a) & set(b)
-    return (ordered({n for n in both if a[n] != b[n]}), ordered(set(a) - set(b)), ordered(set(b) - set(a)))
-
-
-def describe_divergence(d: Divergence, limit: int = 8) -> str:
-    """One line: where the runs part and which parameters differ there (for replay's DIVERGED verdict)."""
-    names = d.params or d.only_a or d.only_b or d.grads
-    shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
-    where = "" if d.trace == MAIN_TRACE else f" in {d.trace}"
-    opt = f" of optimizer {d.optimizer}" if d.optimizer else ""
-    if d.at_initialisation:
-        head = f"at initialisation{where}: the parameters differ before the first optimizer step"
-    elif d.final:
-        head = (f"after the last optimizer step{where} (step {d.step}{opt}): every recorded step agrees, but the "
-                "parameters were changed after training")
-    elif d.step == 0:
-        head = f"in the first backward pass{where}: equal initial parameters, different first gradients"
-    else:
-        gap = d.last_equal is not None and d.last_equal < d.step - 1  # steps between them were not recorded
-        bracket = f", last equal recorded step {d.last_equal}" if gap else ""
-        head = f"at step {d.step}{opt}{where}{bracket}"
-    what = "parameters" if d.params else ("gradients" if not (d.only_a or d.only_b) else "parameter sets")
-    return f"{head} ({what}: {shown})" if shown else head
 
 
 # --- runs ------------------------------------------------------------------------------------------------------------
@@ -360,19 +115,36 @@ class RunDiff:
     outputs_compared: int
     differences: list[Difference]  # those that change numerics first
     relation: str | None = None  # "B replays A" / "A replays B"
+    pinned: PinnedStep | None = None  # what reruns of both jobs that traced every step of the bracket found
+    ops: OpFinding | None = None  # the first op where the runs part in the divergent step
+    notes: list[str] = field(default_factory=list)  # about the pin and the op traces
+    hints: list[str] = field(default_factory=list)  # reruns that would find more
+
+    @property
+    def divergence(self) -> Divergence | None:
+        """Where training parted: the exact step the reruns pinned, else the first differing recorded step."""
+        if self.pinned is not None and self.pinned.outcome == PINNED and self.pinned.divergence is not None:
+            return self.pinned.divergence
+        return self.trace.divergence if self.trace is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["trace"] = self.trace.to_dict() if self.trace else None
+        data["pinned"] = self.pinned.to_dict() if self.pinned else None
+        data["ops"] = self.ops.to_dict() if self.ops else None
+        data["divergence"] = self.divergence.to_dict() if self.divergence else None
         return data
 
 
-def diff_runs(a: RunRecord, b: RunRecord, traces_a: Path | None = None, traces_b: Path | None = None) -> RunDiff:
+def diff_runs(a: RunRecord, b: RunRecord, traces_a: Path | None = None, traces_b: Path | None = None,
+              pinned: PinnedStep | None = None, ops: OpFinding | None = None, notes: list[str] | None = None,
+              hints: list[str] | None = None) -> RunDiff:
     """Compare two runs: their traces (where they part), their outputs, and their records (what could explain it).
 
     Args:
         a, b: the run records.
         traces_a, traces_b: each run's trace file, ``meta`` folder or run folder; None when there is none.
+        pinned, ops, notes, hints: what :func:`envkit.pin.find` found (the exact step, the first op) and says.
 
     Raises:
         TraceError: a trace file is malformed, or the two were made with different digests.
@@ -399,7 +171,8 @@ def diff_runs(a: RunRecord, b: RunRecord, traces_a: Path | None = None, traces_b
     relation = ("B replays A" if b.replay_of == a.run_id else "A replays B" if a.replay_of == b.run_id else None)
     return RunDiff(run_a=a.run_id, run_b=b.run_id, verdict=verdict, trace=trace, trace_note=note, outputs=outputs,
                    outputs_compared=len({e.path for e in a.outputs} | {e.path for e in b.outputs}),
-                   differences=record_differences(a, b), relation=relation)
+                   differences=record_differences(a, b), relation=relation, pinned=pinned, ops=ops,
+                   notes=list(notes or []), hints=list(hints or []))
 
 
 def record_differences(a: RunRecord, b: RunRecord) -> list[Difference]:
@@ -446,7 +219,7 @@ def record_differences(a: RunRecord, b: RunRecord) -> list[Difference]:
     profile = "native" if "native" in (a.cpu_profile, b.cpu_profile) else "portable"
     for d in compare_fingerprints(dataclasses.asdict(a.fingerprint), dataclasses.asdict(b.fingerprint), profile):
         add("fingerprint", d.path, d.recorded, d.current, d.changes_numerics, d.why)
-    add("command", "trace interval", a.trace, b.trace, False, _ENV_HARMLESS[ENV_TRACE])
+    add("command", "trace", a.trace, b.trace, False, "traces read the numbers, they do not change them")
     add("command", "memory limit", a.memory, b.memory, False, "a limit stops a job, it does not change its numbers")
     add("status", "status", a.status, b.status, False, "a run that stopped early has fewer steps and outputs")
     add("status", "exit code", a.exit_code, b.exit_code, False, "how the job ended")
@@ -477,8 +250,8 @@ def render_diff(d: RunDiff, show_all: bool = False, limit: int = 12) -> str:
     """
     lines = [f"run A {d.run_a}", f"run B {d.run_b}" + (f"  ({d.relation})" if d.relation else ""), ""]
     t = d.trace
-    if d.verdict == DIVERGED and t is not None and t.divergence is not None:
-        lines.append(f"Training diverged {describe_divergence(t.divergence)}.")
+    if d.verdict == DIVERGED and d.divergence is not None:
+        lines.append(f"Training diverged {describe_divergence(d.divergence)}.")
     elif d.verdict == WRITTEN_DIFFERENTLY:
         lines.append("The parameters are equal at the end of training, but outputs differ: the difference is in how "
                      "the files were written (a timestamp, an ordering, a random name), not in training.")
@@ -495,6 +268,13 @@ def render_diff(d: RunDiff, show_all: bool = False, limit: int = 12) -> str:
         lines += [f"  note: trace {n} in run B only" for n in t.only_b]
     if d.trace_note:
         lines.append(f"  trace: {d.trace_note}")
+    if d.pinned is not None:
+        lines.append(f"  pin: {describe_pin(d.pinned)}")
+    if d.ops is not None:
+        first, *rest = render_op_finding(d.ops)
+        lines += [f"  {first}"] + [f"  {line}" for line in rest]
+    lines += [f"  note: {n}" for n in d.notes]
+    lines += [f"  hint: {h}" for h in d.hints]
     if d.outputs:
         lines.append(f"  outputs: {len(d.outputs)} of {d.outputs_compared} differ")
         for c in d.outputs[:limit]:

@@ -18,8 +18,9 @@ class Check:
     required: bool = True
 
 
-def run_checks(store_root: Path, cache_root: Path) -> list[Check]:
-    checks = [_engine(), _gpu(), _writable("run store", store_root, "set ENVKIT_HOME to a writable folder"),
+def run_checks(store_root: Path, cache_root: Path, locks: list[Path] | None = None) -> list[Check]:
+    """Every check; ``locks``: the lockfiles whose CUDA the driver must support (default: the project's)."""
+    checks = [_engine(), *_gpu(locks), _writable("run store", store_root, "set ENVKIT_HOME to a writable folder"),
               _writable("cache", cache_root, "set ENVKIT_CACHE to a writable folder"),
               _tool("debootstrap", "apt-get install -y debootstrap", "making base images (envkit base)"),
               _tool("docker-registry", "apt-get install -y docker-registry", "a local registry for --push tests")]
@@ -81,25 +82,46 @@ def _engine() -> Check:
     return Check("Docker engine", True, f"{info['version']} ({info['storage_driver']}, {info['arch']})")
 
 
-def _gpu() -> Check:
+def _gpu(locks: list[Path] | None) -> list[Check]:
+    """The GPUs NVML sees, a container that sees them too (what ``--gpus`` needs), and the driver against the CUDA
+    locks (:mod:`envkit.run.gpucheck`). Not required: a host without GPUs runs CPU jobs."""
+    from envkit.engine import connect
+    from envkit.errors import EnvkitError
     from envkit.fingerprint import gpu_section
+    from envkit.run import gpucheck
 
     gpus = gpu_section()
     if not gpus.get("available"):
-        return Check("GPUs", True, f"none ({gpus.get('reason', 'NVML not available')}); jobs run on the CPU",
-                     required=False)
-    names = ", ".join(d.get("name", "?") for d in gpus.get("devices", []))
-    from envkit.engine import connect
-    from envkit.errors import EnvkitError
-
+        return [Check("GPUs", True, f"none ({gpus.get('reason', 'NVML not available')}); jobs run on the CPU",
+                      required=False)]
+    checks = [Check("GPUs", True, gpucheck.host_line(gpus), required=False)]
     try:
-        runtimes = connect(timeout=10).facts().get("runtimes") or []
+        engine = connect(timeout=30)
     except EnvkitError:  # the engine check reports engine problems
-        runtimes = []
-    if "nvidia" not in runtimes:
-        return Check("GPUs", False, f"{names}, but the Docker engine has no nvidia runtime",
-                     "install the NVIDIA container toolkit (nvidia-ctk runtime configure --runtime=docker)")
-    return Check("GPUs", True, f"{names}; driver {gpus.get('driver_version')}")
+        engine = None
+    if engine is not None:
+        c = gpucheck.container_check(engine, gpus)
+        checks.append(Check(c.name, c.ok, c.detail, c.fix, required=False))
+    for c in gpucheck.driver_checks(gpus, _cuda_locks() if locks is None else locks):
+        checks.append(Check(c.name, c.ok, c.detail, c.fix, required=False))
+    return checks
+
+
+def _cuda_locks() -> list[Path]:
+    """The project's lockfiles: the configured one and those in lockfiles/."""
+    from envkit.errors import EnvkitError
+    from envkit.project import find_root, load_config, project_lockfiles
+
+    root = find_root()
+    found = list(project_lockfiles(root))
+    try:
+        configured = load_config(root).lock
+    except EnvkitError:
+        configured = None
+    if configured is not None:
+        path = configured if configured.is_absolute() else root / configured
+        found.insert(0, path)
+    return list(dict.fromkeys(p.resolve() for p in found if p.is_file()))
 
 
 def _writable(name: str, root: Path, fix: str) -> Check:

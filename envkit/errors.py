@@ -188,10 +188,17 @@ class JobError(EnvkitError):
     exit_code = 34
 
 
+class GpuError(JobError):
+    """The job's GPUs cannot be had: fewer GPUs than asked for, no NVIDIA driver or container toolkit, or a driver
+    too old for the image's CUDA. Checked before the container is made; a run ends ``failed``, a replay is refused."""
+
+    exit_code = 37
+
+
 class SweepNotFoundError(EnvkitError):
     """No sweep with that id in the store."""
 
-    exit_code = 37
+    exit_code = 38
     default_hint = "list the sweeps with `envkit sweeps`"
 
 

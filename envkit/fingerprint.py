@@ -1,9 +1,10 @@
 """The hardware and software fingerprint of a host, and which of its differences change numerics.
 
 :func:`host_fingerprint` probes the CPU (vendor, model, the instruction sets kernels dispatch on), memory, kernel, OS,
-the Docker engine when a client is given, and NVIDIA GPUs through NVML. Every probe is optional: one that fails leaves
-its field ``None`` and its error text under the section's ``errors``; a host without GPUs or without nvidia-ml-py gets
-``{"available": false, "reason": ...}``. Nothing here raises.
+the Docker engine when a client is given, and NVIDIA GPUs through NVML (or ``nvidia-smi``). Every probe is optional: one
+that fails leaves its field ``None`` and its error text under the section's ``errors``; a host without GPUs gets
+``{"available": false, "reason": ...}``. Nothing here raises. A run records the GPUs its *job* was given, not all of
+the host's: :mod:`envkit.run.gpus` cuts this section down to them.
 
 The ``container`` section (Python, torch, CUDA runtime, cuDNN, NCCL, MKL, oneDNN, ATen capability, threads) comes from
 ``envkit/injob/probe.py`` run inside the image and is merged in by the executor.
@@ -132,12 +133,17 @@ def engine_section(engine: Engine) -> dict[str, Any]:
 
 
 def gpu_section() -> dict[str, Any]:
-    """NVIDIA GPUs through NVML: driver, CUDA driver version and, per device, name, UUID, compute capability and
-    memory. ``{"available": false, "reason": ...}`` without nvidia-ml-py, driver or devices."""
+    """NVIDIA GPUs of this host: driver, CUDA driver version and, per device, name, UUID, compute capability,
+    memory, MIG mode and (MIG enabled) its MIG devices with their SM counts.
+
+    Read through NVML (nvidia-ml-py, a core dependency: pure ctypes over the driver's libnvidia-ml); where the
+    bindings cannot be imported, ``nvidia-smi`` answers the same questions. ``{"available": false, "reason": ...}``
+    without a driver or devices. ``source`` says which of the two answered.
+    """
     try:
         import pynvml
     except ImportError:
-        return {"available": False, "reason": "nvidia-ml-py is not installed (pip install 'envkit[gpu]')"}
+        return _smi_section("nvidia-ml-py is not installed")
     try:
         pynvml.nvmlInit()
     except Exception as exc:  # noqa: BLE001 - NVMLError_LibraryNotFound and friends: no usable driver
@@ -147,6 +153,7 @@ def gpu_section() -> dict[str, Any]:
         count = probe("count", pynvml.nvmlDeviceGetCount) or 0
         section: dict[str, Any] = {
             "available": count > 0,
+            "source": "nvml",
             "driver_version": probe("driver_version", lambda: _text(pynvml.nvmlSystemGetDriverVersion())),
             "cuda_driver_version": probe("cuda_driver_version",
                                          lambda: _cuda_version(pynvml.nvmlSystemGetCudaDriverVersion_v2())),
@@ -169,15 +176,50 @@ def _gpu_device(pynvml: Any, index: int) -> dict[str, Any]:
     handle = probe("handle", lambda: pynvml.nvmlDeviceGetHandleByIndex(index))
     if handle is None:
         return {"index": index, "errors": probe.errors}
-    return {
+    device = {
         "index": index,
         "name": probe("name", lambda: _text(pynvml.nvmlDeviceGetName(handle))),
         "uuid": probe("uuid", lambda: _text(pynvml.nvmlDeviceGetUUID(handle))),
         "compute_capability": probe(
             "compute_capability", lambda: "{}.{}".format(*pynvml.nvmlDeviceGetCudaComputeCapability(handle))),
         "memory_bytes": probe("memory_bytes", lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)),
+        "mig_mode": _mig_mode(pynvml, handle),
         "errors": probe.errors,
     }
+    if device["mig_mode"] == "enabled":
+        device["mig_devices"] = _mig_devices(pynvml, handle, index, probe)
+    return device
+
+
+def _mig_mode(pynvml: Any, handle: Any) -> str | None:
+    """``enabled`` / ``disabled``; None for a GPU without MIG (NVML answers NotSupported: not an error)."""
+    try:
+        current = pynvml.nvmlDeviceGetMigMode(handle)[0]
+    except Exception:  # noqa: BLE001 - NotSupported on GPUs without MIG, or an old driver
+        return None
+    return "enabled" if current == 1 else "disabled"
+
+
+def _mig_devices(pynvml: Any, handle: Any, parent: int, probe: _Probes) -> list[dict[str, Any]]:
+    """The MIG devices of a GPU: UUID, NVML's name (the parent's, plus the profile), memory and SM count (a slice has
+    a fraction of the parent's SMs: cuBLAS picks other kernels)."""
+    out = []
+    slots = probe("mig_count", lambda: pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)) or 0
+    for slot in range(slots):
+        try:
+            mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+        except Exception:  # noqa: BLE001 - NotFound: an empty slot
+            continue
+        attrs = probe(f"mig{slot}.attributes", lambda mig=mig: pynvml.nvmlDeviceGetAttributes(mig))
+        out.append({
+            "index": f"{parent}:{len(out)}",
+            "uuid": probe(f"mig{slot}.uuid", lambda mig=mig: _text(pynvml.nvmlDeviceGetUUID(mig))),
+            "name": probe(f"mig{slot}.name", lambda mig=mig: _text(pynvml.nvmlDeviceGetName(mig))),
+            "memory_bytes": probe(f"mig{slot}.memory", lambda mig=mig: int(pynvml.nvmlDeviceGetMemoryInfo(mig).total)),
+            "sm_count": int(attrs.multiprocessorCount) if attrs is not None else None,
+            "gpu_slices": int(attrs.gpuInstanceSliceCount) if attrs is not None else None,
+        })
+    return out
 
 
 def _text(value: str | bytes) -> str:
@@ -186,6 +228,75 @@ def _text(value: str | bytes) -> str:
 
 def _cuda_version(value: int) -> str:
     return f"{value // 1000}.{value % 1000 // 10}"  # NVML encodes 12.4 as 12040
+
+
+# --- nvidia-smi, where the NVML bindings are missing ---------------------------------------------------------------
+_SMI_FIELDS = ("index", "name", "uuid", "compute_cap", "memory.total", "driver_version", "mig.mode.current")
+_SMI_CUDA = re.compile(r"CUDA Version:\s*([0-9]+\.[0-9]+)")
+_SMI_MIG = re.compile(r"^\s+MIG\s+(\S+)\s+Device\s+(\d+):\s+\(UUID:\s*(MIG-[^)\s]+)\)")
+_SMI_TIMEOUT_S = 20
+
+
+def _smi_section(why_not_nvml: str) -> dict[str, Any]:
+    """:func:`gpu_section` from ``nvidia-smi`` (CSV queries and its banner for the CUDA version)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return {"available": False, "reason": f"{why_not_nvml}, and nvidia-smi is not on PATH: no NVIDIA driver seen"}
+
+    def smi(*args: str) -> str:
+        proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=_SMI_TIMEOUT_S)
+        if proc.returncode != 0:
+            last = (proc.stdout + proc.stderr).strip().splitlines()[-1:]
+            raise RuntimeError(last[0] if last else f"nvidia-smi exited {proc.returncode}")
+        return proc.stdout
+
+    probe = _Probes()
+    rows = probe("query", lambda: smi(f"--query-gpu={','.join(_SMI_FIELDS)}", "--format=csv,noheader,nounits"))
+    if rows is None:
+        return {"available": False, "reason": f"{why_not_nvml}; nvidia-smi failed ({probe.errors['query']})",
+                "source": "nvidia-smi"}
+    banner = probe("banner", lambda: smi()) or ""
+    listing = probe("list", lambda: smi("-L")) or ""
+    devices, driver = [], None
+    for line in rows.splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) != len(_SMI_FIELDS):
+            continue
+        index, name, uuid, cap, mem, driver, mig = cells
+        devices.append({
+            "index": int(index) if index.isdigit() else index, "name": name, "uuid": uuid,
+            "compute_capability": cap if re.fullmatch(r"\d+\.\d+", cap) else None,
+            "memory_bytes": int(float(mem)) * 2**20 if re.fullmatch(r"[0-9.]+", mem) else None,
+            "mig_mode": {"Enabled": "enabled", "Disabled": "disabled"}.get(mig), "errors": {},
+        })
+    _smi_mig(devices, listing)
+    m = _SMI_CUDA.search(banner)
+    section: dict[str, Any] = {"available": bool(devices), "source": "nvidia-smi", "driver_version": driver,
+                               "cuda_driver_version": m.group(1) if m else None, "count": len(devices),
+                               "devices": devices, "errors": probe.errors}
+    if not devices:
+        section["reason"] = "nvidia-smi lists no GPU"
+    return section
+
+
+def _smi_mig(devices: list[dict[str, Any]], listing: str) -> None:
+    """MIG devices from ``nvidia-smi -L`` (profile and UUID; nvidia-smi gives no SM count)."""
+    parent = None
+    for line in listing.splitlines():
+        if line.startswith("GPU "):
+            head = line[4:].split(":", 1)[0]
+            parent = next((d for d in devices if str(d["index"]) == head), None)
+            continue
+        m = _SMI_MIG.match(line)
+        if m and parent is not None:
+            parent.setdefault("mig_devices", []).append({
+                "index": f"{parent['index']}:{m.group(2)}", "uuid": m.group(3),
+                "name": f"{parent['name']} MIG {m.group(1)}", "memory_bytes": None, "sm_count": None,
+                "gpu_slices": int(m.group(1)[0]) if m.group(1)[:1].isdigit() else None,
+            })
 
 
 # --- which differences matter ------------------------------------------------------------------------------------
@@ -213,15 +324,34 @@ FIELD_CLASSES: dict[str, FieldClass] = {
     "engine.*": FieldClass(False, f"the container engine {_NOT_ARITHMETIC}"),
     "gpus.available": FieldClass(True, "GPU and CPU kernels differ"),
     "gpus.reason": _DIAGNOSTIC,
+    "gpus.source": _DIAGNOSTIC,
+    "gpus.requested": FieldClass(False, "the request; the devices it gave are compared below"),
+    "gpus.host_count": FieldClass(False, "GPUs the job was not given take no part in it"),
     "gpus.count": FieldClass(True, "data-parallel jobs split their work by the number of devices"),
-    "gpus.driver_version": FieldClass(True, "the driver JIT-compiles PTX and carries parts of the CUDA stack"),
-    "gpus.cuda_driver_version": FieldClass(True, "follows the driver version"),
+    # cuBLAS promises identical bits for the same toolkit version, architecture and SM count, and the toolkit's
+    # libraries ship inside the image: the driver alone does not decide the bits. Its CUDA version is a requirement
+    # (at least the image's CUDA major), checked before a run or replay starts (envkit.run.gpus).
+    "gpus.driver_version": FieldClass(False, "the CUDA libraries ship in the image; same toolkit, architecture and "
+                                             "SM count give the same bits"),
+    "gpus.cuda_driver_version": FieldClass(False, "a requirement (at least the image's CUDA major), checked before "
+                                                  "the job starts"),
     "gpus.devices": FieldClass(False, "compared device by device below"),
     "gpus.devices[].index": FieldClass(False, "positions are compared through the fields below"),
     "gpus.devices[].name": FieldClass(True, "cuBLAS and cuDNN pick algorithms per GPU model"),
     "gpus.devices[].compute_capability": FieldClass(True, "kernels are compiled and chosen per compute capability"),
+    "gpus.devices[].sm_count": FieldClass(True, "cuBLAS splits work by the number of SMs"),
+    "gpus.devices[].mig_mode": FieldClass(True, "a MIG slice has a fraction of the SMs and reports its parent's name"),
+    "gpus.devices[].mig_profile": FieldClass(True, "a MIG slice's share of the GPU (its SM count)"),
+    "gpus.devices[].parent_uuid": FieldClass(False, "names one card; cards of one model compute alike"),
     "gpus.devices[].uuid": FieldClass(False, "names one card; cards of one model compute alike"),
     "gpus.devices[].memory_bytes": FieldClass(False, f"memory size {_NOT_ARITHMETIC}"),
+    "gpus.devices[].mig_devices": FieldClass(True, "the MIG slices a job given the whole card can use"),
+    "gpus.devices[].mig_devices[].index": FieldClass(False, "positions are compared through the fields below"),
+    "gpus.devices[].mig_devices[].uuid": FieldClass(False, "names one slice"),
+    "gpus.devices[].mig_devices[].memory_bytes": FieldClass(False, f"memory size {_NOT_ARITHMETIC}"),
+    "gpus.devices[].mig_devices[].name": FieldClass(True, "the slice's profile"),
+    "gpus.devices[].mig_devices[].sm_count": FieldClass(True, "cuBLAS splits work by the number of SMs"),
+    "gpus.devices[].mig_devices[].gpu_slices": FieldClass(True, "the slice's share of the GPU"),
     "gpus.devices[].errors.*": _DIAGNOSTIC,
     "gpus.errors.*": _DIAGNOSTIC,
     "container.schema_version": FieldClass(False, "the probe's format, not the software"),

@@ -21,12 +21,16 @@ from envkit.errors import (
     EXIT_FAILED,
     EXIT_IDENTICAL,
     EXIT_UNVERIFIED,
+    GpuError,
     ImageNotFoundError,
+    JobError,
     PlatformMismatchError,
     RegistryError,
 )
 from envkit.fingerprint import FieldDiff, compare_fingerprints
 from envkit.manifest import compare
+from envkit.run import gpus as job_gpus
+from envkit.run.container import read_env_file
 from envkit.run.executor import JobSpec, Sink, container_software, execute, job_environment, run_tool
 from envkit.run.inputs import Progress, UpstreamInput, resolve_recorded
 from envkit.run.mounts import replay_mounts
@@ -103,7 +107,10 @@ class ReplayResult:
 def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False, rebuild: bool = False,
            mount_overrides: dict[str, Path] | None = None, sink: Sink | None = None,
            on_forced: Callable[[list[FieldDiff]], None] | None = None, ignore_lines: Sequence[str] = (),
-           upstream_sources: dict[str, str] | None = None, progress: Progress | None = None) -> ReplayResult:
+           upstream_sources: dict[str, str] | None = None, progress: Progress | None = None,
+           gpus: str | None = None,
+           after_judge: Callable[[RunRecord, RunRecord, Verdict, list[FieldDiff]], None] | None = None,
+           ) -> ReplayResult:
     """Replay a recorded run on this host and judge it.
 
     Args:
@@ -115,8 +122,14 @@ def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False
         upstream_sources: upstream run id -> the run to take that input from instead (its replay, under
             ``envkit replay --upstream``); either way the input must hash to the recorded sha256.
         progress: ``progress(label, total_bytes) -> advance`` for pulls, inputs, snapshot and outputs.
+        gpus: replay with this GPU request instead of the recorded one (``--gpus``).
+        after_judge: called with the original, the replay's record, the verdict and the forced differences once the
+            verdict is known, before the record's final write; it may add to the verdict (``envkit.pin`` pins the
+            exact step there).
 
     Raises:
+        GpuError: this host cannot give the job its GPUs (fewer than the run used, or a driver too old for the
+            image's CUDA), checked before anything is pulled or run.
         PlatformMismatchError: numerics-changing differences and no ``force`` (they are in ``.differences``).
         ImageNotFoundError, RegistryError: the image cannot be had. InputChangedError: an input changed.
         UpstreamError: an input's upstream run is not in this store (and no ``--mount`` gives it).
@@ -126,18 +139,37 @@ def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False
     original = store.read(run_id)
     layout = store.layout(run_id)
     # Inputs first: an imported run's inputs must be given here, before anything is pulled or run.
+    imported = is_imported(layout)
     overrides = dict(mount_overrides or {})
     upstream = replay_upstream(store, original, upstream_sources or {}, overrides, progress)
-    mounts = replay_mounts(original.mounts, overrides, imported=is_imported(layout))
+    mounts = replay_mounts(original.mounts, overrides, imported=imported)
+    requested = replay_gpus(original, gpus)
     now = host_fingerprint(engine)
-    forced = _check(host_differences(original, now), force)
+    lock_text = layout.lock.read_text(encoding="utf-8") if layout.lock.is_file() else None
+    used = original.fingerprint.gpus.get("count") if requested == original.gpus else None
+    job_gpus.check(requested, now.get("gpus") or {}, job_gpus.lock_text_cuda(lock_text) if lock_text else None,
+                   replay=True, used=used if isinstance(used, int) else None)
+    forced = _check(host_differences(original, now, requested), force)
     image_id, notes = acquire_image(engine, original, layout, rebuild, progress)
-    forced += _check(container_differences(engine, store, original, image_id, now.get("host") or {}), force)
+    cuda = job_gpus.image_cuda(engine, image_id, lock_text)
+    job_gpus.check(requested, now.get("gpus") or {}, cuda, replay=True)  # the image's own label, now it is here
+    devices = job_gpus.job_section(now.get("gpus") or {}, requested)
+    forced += _check(container_differences(engine, store, original, image_id, now.get("host") or {}, requested,
+                                           devices), force)
     if forced and on_forced is not None:
         on_forced(forced)
-    job = replay_job(original, layout, image_id, bool(forced), mounts)
+    job = replay_job(original, layout, image_id, bool(forced), mounts, gpus=requested)
     job.upstream = upstream
-    lost = unrestorable_environment(original)
+    job.cuda = cuda
+    if imported:
+        job.user = None  # a foreign record's --user (root, say) is not taken: envkit's own rule applies
+    if requested != original.gpus:
+        notes.append(f"replayed with --gpus {requested}; the run used --gpus {original.gpus}")
+    # A foreign record's --env-file names another host's path: never read it.
+    restored, lost = restore_secrets(original) if not imported else ({}, unrestorable_environment(original))
+    job.extra_env.update(restored)
+    if restored:
+        notes.append(f"the redacted variable(s) {', '.join(restored)} were read again from {original.env_file}")
     if lost:
         notes.append(f"the replay cannot restore the redacted variable(s) {', '.join(lost)}: the job sees them unset")
     if any(is_redacted(a) for a in original.job_argv):
@@ -148,6 +180,8 @@ def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False
 
     def judge_before_final_write(replay_record: RunRecord) -> None:
         verdict.append(judge(engine, store, original, replay_record, ignore_lines))
+        if after_judge is not None:
+            after_judge(original, replay_record, verdict[0], forced)
         replay_record.verdict = verdict[0].to_dict()
 
     record = execute(engine, store, job, sink=sink, fingerprint=now, before_final_write=judge_before_final_write,
@@ -166,24 +200,35 @@ def _check(diffs: list[FieldDiff], force: bool) -> list[FieldDiff]:
 
 
 # --- 1. the platform ---------------------------------------------------------------------------------------------
-def host_differences(record: RunRecord, now: dict[str, Any]) -> list[FieldDiff]:
+def host_differences(record: RunRecord, now: dict[str, Any], gpus: str | None = None) -> list[FieldDiff]:
     """Every host, engine and GPU field that differs between the recorded host and this one (``now``, from
-    :func:`envkit.fingerprint.host_fingerprint`)."""
+    :func:`envkit.fingerprint.host_fingerprint`).
+
+    The GPU side is the job's: this host's GPUs cut down to what the request (``gpus``, default the recorded one)
+    gives, against the devices the run was given. A ``--gpus none`` run and its replay both record no GPU, so GPUs
+    on either host make no difference.
+    """
     cpuprofile.require_baseline(record.cpu_profile, (now.get("host") or {}).get("cpu_flags"))
     recorded = {k: getattr(record.fingerprint, k) for k in ("host", "engine", "gpus")}
-    current = {k: now.get(k) for k in ("host", "engine", "gpus")}
+    current = {k: now.get(k) for k in ("host", "engine")}
+    current["gpus"] = job_gpus.job_section(now.get("gpus") or {}, gpus or record.gpus)
     return compare_fingerprints(recorded, current, cpu_profile=record.cpu_profile)
 
 
 def container_differences(engine: Engine, store: FileStore, record: RunRecord, image_id: str,
-                          host: dict[str, Any]) -> list[FieldDiff]:
+                          host: dict[str, Any], gpus: str | None = None,
+                          devices: dict[str, Any] | None = None) -> list[FieldDiff]:
     """The software inside the container as probed on this host against the record.
 
-    Same image, yet ATen's CPU capability in effect depends on the host CPU, so it is probed here too.
+    Same image, yet ATen's CPU capability in effect depends on the host CPU, and what CUDA sees on the GPUs, so it
+    is probed here too, with the replay's GPU request (``gpus``, default the recorded one) on this host's devices
+    (``devices``: :func:`envkit.run.gpus.job_section` of this host).
     """
     if not record.fingerprint.container:
         return []
-    probe = container_software(engine, store, image_id, record.environment, [], host)
+    gpus = gpus or record.gpus
+    env = replay_environment(record, gpus)
+    probe = container_software(engine, store, image_id, env, [], host, gpus=gpus, job_gpus_section=devices)
     recorded = {k: v for k, v in record.fingerprint.container.items() if k != "job"}
     current = {k: v for k, v in probe.items() if k != "job"}
     return compare_fingerprints({"container": recorded}, {"container": current}, cpu_profile=record.cpu_profile)
@@ -249,10 +294,37 @@ def record_digests(record: RunRecord) -> list[str]:
 
 
 # --- 3. the rerun ------------------------------------------------------------------------------------------------
+def replay_gpus(record: RunRecord, override: str | None) -> str:
+    """The GPU request of a replay: ``override`` (``replay --gpus``), else the recorded one.
+
+    Raises:
+        GpuError: ``override`` is not a request.
+    """
+    if override is None:
+        return record.gpus
+    try:
+        return job_gpus.parse_gpus(override)
+    except ValueError as exc:
+        raise GpuError(f"--gpus {exc}") from None
+
+
+def replay_environment(record: RunRecord, gpus: str) -> dict[str, str]:
+    """The recorded environment as the replay's job sees it: envkit's variables for ``gpus`` (a CPU replay of a GPU
+    run hides the GPUs, a GPU replay of a CPU run does not)."""
+    env = dict(record.environment)
+    env.pop("NVIDIA_VISIBLE_DEVICES", None)
+    if gpus == "none":
+        env["NVIDIA_VISIBLE_DEVICES"] = "void"
+    return env
+
+
 def replay_job(record: RunRecord, layout: RunLayout, image_id: str, mismatch: bool,
-               mounts: list[Mount] | None = None) -> JobSpec:
+               mounts: list[Mount] | None = None, gpus: str | None = None) -> JobSpec:
     """The original run's job, on its recorded code snapshot and inputs (``mounts``: see
-    :func:`envkit.run.mounts.replay_mounts`)."""
+    :func:`envkit.run.mounts.replay_mounts`), with its recorded container settings and GPU request (``gpus``
+    overrides it)."""
+    gpus = gpus or record.gpus
+    ulimits = {k: (int(v[0]), int(v[1])) for k, v in record.ulimits.items() if len(v) == 2}
     return JobSpec(
         project=layout.code, script=record.script or "", args=list(record.args), image_id=image_id,
         image_ref=record.image.ref, image_digests=record_digests(record), seed=int(record.seed or 0),
@@ -262,6 +334,8 @@ def replay_job(record: RunRecord, layout: RunLayout, image_id: str, mismatch: bo
         argv=list(record.argv) if record.script is None and record.argv else None,
         extra_env=user_environment(record), memory=record.memory, network=record.network,
         lock_text=layout.lock.read_text() if layout.lock.is_file() else None,
+        gpus=gpus, shm_size=record.shm_size, ipc=record.ipc, ulimits=ulimits, env_file=record.env_file,
+        user=_replay_user(record),
     )
 
 
@@ -273,6 +347,32 @@ def replay_upstream(store: FileStore, record: RunRecord, sources: dict[str, str]
             for link in record.upstream]
 
 
+def _replay_user(record: RunRecord) -> str | None:
+    """The recorded ``--user``; None (envkit's default rule) when the run had none, or when only root could hand
+    this replay's folders to that uid."""
+    import os
+
+    if not record.user_explicit or not record.user:
+        return None
+    if os.getuid() != 0 and int(record.user.split(":")[0]) != os.getuid():
+        return None
+    return record.user
+
+
+def restore_secrets(record: RunRecord) -> tuple[dict[str, str], list[str]]:
+    """The redacted variables read again from the run's ``--env-file`` when it is still there, and the names still
+    missing (the job sees them unset)."""
+    lost = unrestorable_environment(record)
+    if not lost or not record.env_file:
+        return {}, lost
+    try:
+        values = read_env_file(Path(record.env_file))
+    except JobError:
+        return {}, lost
+    restored = {k: values[k] for k in lost if k in values}
+    return restored, [k for k in lost if k not in restored]
+
+
 def user_environment(record: RunRecord) -> dict[str, str]:
     """The variables the user added with --env (the rest envkit derives again from the record's options).
 
@@ -280,7 +380,7 @@ def user_environment(record: RunRecord) -> dict[str, str]:
     """
     stub = JobSpec(project=Path("."), script="", args=[], image_id="", image_ref=None, image_digests=[],
                    seed=int(record.seed or 0), determinism=record.determinism, threads=record.threads,
-                   cpu_profile=record.cpu_profile, trace=record.trace)
+                   cpu_profile=record.cpu_profile, trace=record.trace, gpus=record.gpus)
     derived = job_environment(stub, record.run_id)
     return {k: v for k, v in record.environment.items() if k not in derived and not is_redacted(v)}
 

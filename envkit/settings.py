@@ -24,6 +24,11 @@ from envkit.injob.state import (  # noqa: F401 - re-exported: the one definition
     ENV_TRACE,
     ENV_TRACE_FILE,
     ENV_TRACE_GRADS,
+    ENV_TRACE_OPS,
+    ENV_TRACE_OPS_FILE,
+    ENV_TRACE_OPS_MAX,
+    ENV_TRACE_OPS_SAVE,
+    ENV_TRACE_STEPS,
     THREAD_ENV_VARS,
 )
 
@@ -49,8 +54,10 @@ IMAGE_DETERMINISM_ENV: dict[str, str] = {
     "OMP_DYNAMIC": "FALSE",
     "MKL_DYNAMIC": "FALSE",
     "TF_DETERMINISTIC_OPS": "1",
-    "NVIDIA_TF32_OVERRIDE": "0",
 }
+# NVIDIA_TF32_OVERRIDE=0 is not in that set: TF32 does not make runs differ run to run, and the override turns TF32
+# off behind torch's back (torch's flags then say what did not run). Opt in per run (--env NVIDIA_TF32_OVERRIDE=0)
+# or per image (the spec's env); the bootstrap records the TF32 state in effect either way.
 
 # Paths inside the image and the job's container.
 IMAGE_VENV = "/opt/envkit/venv"
@@ -68,6 +75,11 @@ NETWORK_MODES = ("none", "bridge")
 # The job's hostname, the same on every run (Docker's default is the random container id, which a job may print or
 # hash), and resolvable: torchrun --standalone and gloo look it up, and with no network nothing else names it.
 JOB_HOSTNAME = "envkit-job"
+IPC_MODES = ("private", "shareable", "host")
+DEFAULT_IPC = "private"
+# What NCCL wants in a container (NVIDIA's own advice for its framework containers): pinned memory without a limit
+# and a 64 MiB stack. Given to every job that has GPUs; name -> (soft, hard), -1 = unlimited.
+GPU_ULIMITS: dict[str, tuple[int, int]] = {"memlock": (-1, -1), "stack": (64 * 2**20, 64 * 2**20)}
 
 # Labels: on every envkit image, on base images envkit makes, and on the containers of runs.
 LABEL_LOCK_SHA = "io.envkit.lock.sha256"
@@ -79,6 +91,8 @@ LABEL_BUILD_KEY = "io.envkit.build-key"
 LABEL_BASE_PYTHON = "io.envkit.base.python"
 LABEL_BASE_SOURCE = "io.envkit.base.source"
 LABEL_BASE_PACKAGES = "io.envkit.base.packages-sha256"
+LABEL_BASE_COMPILER = "io.envkit.base.compiler"  # a base with a C compiler and Python's headers (torch.compile)
+LABEL_CUDA = "io.envkit.cuda"  # the CUDA version the image's nvidia-* wheels were built for (13.0)
 LABEL_RUN = "io.envkit.run"
 
 

@@ -7,6 +7,7 @@ They raise :class:`envkit.errors.EnvkitError`; :func:`main` is the only place th
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -40,24 +41,39 @@ def _root(
     """Reproducible ML environments: lock, build, run with seeds, replay bit for bit."""
 
 
-def _register() -> None:
-    # Imported here so that `envkit --help` does not pay for every command's imports at module import time of
-    # envkit.cli, and so that a command module can import the app without a cycle.
-    from envkit.cli import commands  # noqa: F401
+def _command_name(argv: list[str]) -> str | None:
+    """The command a command line asks for (its first word that is not an option), or None."""
+    if os.environ.get("_ENVKIT_COMPLETE"):
+        return None  # shell completion lists every command
+    for word in argv:
+        if not word.startswith("-"):
+            return word
+        if word in ("--help", "--install-completion", "--show-completion"):
+            return None
+    return None
+
+
+def _register(argv: list[str]) -> None:
+    # Only the command's own module is imported (a command module imports the app, so this happens here, not at
+    # import time of envkit.cli).
+    from envkit.cli.commands import register
+
+    register(_command_name(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and map every envkit error to one line, a hint and its exit code."""
-    from rich.markup import escape
     from typer._click import exceptions as click_exc  # typer bundles its own Click
 
-    _register()
+    _register(sys.argv[1:] if argv is None else list(argv))
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="envkit")
         return rv if isinstance(rv, int) else 0
     except EnvkitError as exc:
         if debug_enabled():
             raise
+        from rich.markup import escape
+
         # Messages quote paths and values from files others wrote: their control characters are shown escaped.
         err_console.print(f"[bold red]error:[/] {escape(printable(exc.message, keep_newlines=True))}", markup=True)
         if exc.hint:

@@ -7,11 +7,55 @@ import re
 import sys
 from typing import Any
 
-from rich.console import Console
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class _LazyConsole:
+    """A rich Console made on first use: importing rich costs more than a listing of a thousand runs, and most
+    commands print their data with plain writes."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def unwrap(self) -> Console:
+        """The Console itself (for rich's own classes, which want the real thing)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.unwrap(), name)
+
+    @property
+    def is_terminal(self) -> bool:
+        if self._console is not None:
+            return self._console.is_terminal
+        stream = sys.stderr if self._options.get("stderr") else sys.stdout
+        return bool(getattr(stream, "isatty", lambda: False)())
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        """rich's print; plain text with markup and highlighting off (most of envkit's lines) is written as it is,
+        without importing rich."""
+        plain = (self._console is None and all(isinstance(o, str) for o in objects)
+                 and not options.get("markup") and not options.get("style")
+                 and set(options) <= {"highlight", "markup", "end", "sep", "soft_wrap"})
+        if not plain:
+            self.unwrap().print(*objects, **options)
+            return
+        stream = sys.stderr if self._options.get("stderr") else sys.stdout
+        stream.write(options.get("sep", " ").join(objects) + options.get("end", "\n"))
+        stream.flush()
+
 
 # No markup by default: messages carry user text (paths, "[0]" indices, package extras) that rich would parse.
-out_console = Console(soft_wrap=True, highlight=False, markup=False)
-err_console = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
+out_console: Console = _LazyConsole(soft_wrap=True, highlight=False, markup=False)  # type: ignore[assignment]
+err_console: Console = _LazyConsole(stderr=True, soft_wrap=True, highlight=False, markup=False)  # type: ignore[assignment]
 
 
 def print_json(data: Any) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from typing import TYPE_CHECKING
 
 from envkit.cli._console import err_console
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+# rich.progress is imported where a bar is really shown: a command whose stderr is not a terminal never pays for it.
 
 
 @contextlib.contextmanager
@@ -18,8 +22,10 @@ def stage_spinner(enabled: bool = True) -> Iterator[Callable[[str], None]]:
     if not enabled:
         yield lambda _msg: None
         return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                        console=err_console, transient=False)
+                        console=err_console.unwrap(), transient=False)
     current: list[int] = []
 
     def step(message: str) -> None:
@@ -39,8 +45,10 @@ def byte_bars(enabled: bool = True) -> Iterator[Callable[[str, int], Callable[[i
     if not enabled:
         yield lambda _label, _total: (lambda _n: None)
         return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
-                        console=err_console, transient=False)
+                        console=err_console.unwrap(), transient=False)
 
     def bar(label: str, total: int) -> Callable[[int], None]:
         task = progress.add_task(label, total=total or None)
@@ -62,7 +70,7 @@ class LiveProgress:
     def __init__(self, enabled: bool = True, delay: float = 1.0, console: Console | None = None) -> None:
         self.enabled = enabled
         self.delay = delay
-        self.console = console or err_console
+        self._console = console
         self._lock = threading.Lock()
         self._progress: Progress | None = None
         self._open: list[int] = []
@@ -74,8 +82,18 @@ class LiveProgress:
             return lambda _n: None
         with self._lock:
             if self._progress is None:
+                from rich.progress import (
+                    BarColumn,
+                    DownloadColumn,
+                    Progress,
+                    SpinnerColumn,
+                    TextColumn,
+                    TimeElapsedColumn,
+                )
+
                 self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                          DownloadColumn(), TimeElapsedColumn(), console=self.console, transient=True)
+                                          DownloadColumn(), TimeElapsedColumn(),
+                                          console=self._console or err_console.unwrap(), transient=True)
             progress = self._progress
             completed = {t.id: t.completed for t in progress.tasks}
             for task in self._open:  # a step without a total ends when the next one begins
@@ -117,9 +135,11 @@ def transfer_bar(label: str, enabled: bool = True, delay: float = 1.0,
     if not enabled:
         yield lambda _n, _total: None
         return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = [TextColumn("{task.description}"), BarColumn()]
     columns += [DownloadColumn()] if count_bytes else []
-    progress = Progress(*columns, TimeElapsedColumn(), console=err_console, transient=False)
+    progress = Progress(*columns, TimeElapsedColumn(), console=err_console.unwrap(), transient=False)
     lock = threading.Lock()
     state: dict = {"done": 0, "total": None, "task": None, "closed": False}
 

@@ -18,6 +18,8 @@ def base_debian(
     python: str = typer.Option("3.11", "--python", help="Python major.minor the suite must ship."),
     tag: str = typer.Option(None, "--tag", help="Image name (default envkit/base:<suite>-py<python>)."),
     mirror: str = typer.Option(None, "--mirror", help="Debian mirror URL (default: debootstrap's)."),
+    compiler: bool = typer.Option(False, "--compiler", help="Add gcc and Python's headers (torch.compile with "
+                                                            "triton needs them; tag ...-dev)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """debootstrap a minimal Debian with python3 and import it as a Docker image.
@@ -29,7 +31,7 @@ def base_debian(
 
     engine = connect()
     with stage_spinner(enabled=not json_out) as step:
-        result = make_base(engine, suite, python, tag=tag, mirror=mirror, step=step)
+        result = make_base(engine, suite, python, tag=tag, mirror=mirror, step=step, compiler=compiler)
     if json_out:
         print_json({"image_id": result.image_id, "tag": result.tag, "python": result.python,
                     "packages": result.packages, "seconds": round(result.seconds, 1)})

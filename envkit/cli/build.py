@@ -59,10 +59,13 @@ def build_cmd(
     with byte_bars(enabled=show) as bar:
         result = build_and_push(engine, lock, cpu_profile=cpu_profile, no_cache=no_cache, push=push, progress=bar,
                                 on_step=(lambda s: err_console.print(s, highlight=False)) if not json_out else None)
+    for line in result.warnings:
+        err_console.print(f"warning: {line}", highlight=False)
     if json_out:
         print_json({"image_id": result.image_id, "tag": result.tag, "build_key": result.build_key,
                     "cache_hit": result.cache_hit, "seconds": round(result.seconds, 3),
-                    "lock_sha256": lock.content_sha256, "repo_digest": result.repo_digest})
+                    "lock_sha256": lock.content_sha256, "repo_digest": result.repo_digest,
+                    "warnings": result.warnings})
         return
     how = "cache hit" if result.cache_hit else f"built in {result.seconds:.0f} s"
     err_console.print(f"{result.tag} ({how})")

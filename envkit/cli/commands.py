@@ -1,16 +1,39 @@
-"""Imports every command module so that each registers itself on the app (one line per command)."""
+"""Which module defines each command, in the order `envkit --help` lists them.
 
-from envkit.cli import base as _base  # noqa: F401
-from envkit.cli import lock as _lock  # noqa: F401
-from envkit.cli import build as _build  # noqa: F401
-from envkit.cli import fingerprint as _fingerprint  # noqa: F401
-from envkit.cli import runs as _runs  # noqa: F401
-from envkit.cli import run as _run  # noqa: F401
-from envkit.cli import replay as _replay  # noqa: F401
-from envkit.cli import bundle as _bundle  # noqa: F401
-from envkit.cli import doctor as _doctor  # noqa: F401
-from envkit.cli import diff as _diff  # noqa: F401
-from envkit.cli import remote as _remote  # noqa: F401
-from envkit.cli import mlflow as _mlflow  # noqa: F401
-from envkit.cli import sweep as _sweep  # noqa: F401
-from envkit.cli import sweeps as _sweeps  # noqa: F401
+Importing a command module registers its commands on the app. The CLI imports only the module of the command it
+runs (see :func:`envkit.cli.main`): a `envkit runs` does not pay for the imports of `envkit run`, and none pays for
+all of them, except `envkit --help` and shell completion, which need every command.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# command name -> module under envkit.cli (sub-apps such as `base` and `mlflow` register their group)
+COMMANDS: dict[str, str] = {
+    "base": "base",
+    "lock": "lock",
+    "build": "build",
+    "run": "run",
+    "runs": "runs",
+    "show": "runs",
+    "replay": "replay",
+    "diff": "diff",
+    "export": "bundle",
+    "import": "bundle",
+    "push": "remote",
+    "pull": "remote",
+    "fingerprint": "fingerprint",
+    "doctor": "doctor",
+    "mlflow": "mlflow",
+    "sweep": "sweeps",  # envkit/cli/sweeps.py imports envkit/cli/sweep.py: the group and all its subcommands
+    "sweeps": "sweeps",
+}
+
+
+def register(name: str | None = None) -> None:
+    """Import the module that defines command ``name`` (every command module when ``name`` is None or unknown, so
+    that help and Click's "no such command" message see them all)."""
+    modules = [COMMANDS[name]] if name in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for module in modules:
+        importlib.import_module(f"envkit.cli.{module}")

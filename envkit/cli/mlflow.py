@@ -15,7 +15,7 @@ import typer
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json
 from envkit.settings import debug_enabled
-from envkit.tracking.config import Tracking, parse_size, preflight, tracking
+from envkit.tracking.config import MLFLOW_OPTION_HELP, Tracking, parse_size, preflight, tracking  # noqa: F401
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,8 +29,6 @@ mlflow_app = typer.Typer(name="mlflow", help="Export runs to an MLflow tracking 
                          add_completion=False, rich_markup_mode=None)
 app.add_typer(mlflow_app, name="mlflow")
 
-MLFLOW_OPTION_HELP = ("Export to MLflow when done; URI default: $MLFLOW_TRACKING_URI, then the project's mlflow "
-                      "setting. Tracker trouble is one warning, never the exit code.")
 
 
 @mlflow_app.callback()

@@ -10,8 +10,7 @@ import typer
 from envkit.cli import app
 from envkit.cli._console import err_console, out_console, print_json
 from envkit.cli._options import complete_run_id, optional_value_command
-from envkit.cli.mlflow import MLFLOW_OPTION_HELP
-from envkit.tracking.config import looks_like_tracking_uri
+from envkit.tracking.config import MLFLOW_OPTION_HELP, looks_like_tracking_uri
 
 
 @app.command("replay", cls=optional_value_command({"--mlflow": looks_like_tracking_uri}))
@@ -27,12 +26,17 @@ def replay_cmd(
                                  help="If the image cannot be had, rebuild it from the recorded lockfile "
                                       "(the image ID will differ)."),
     mount: list[str] = typer.Option(None, "--mount", help="DST=SRC: take the input mounted at DST from SRC here."),
+    no_pin: bool = typer.Option(False, "--no-pin",
+                                help="When recorded steps bracket the divergence more than one step apart, do not "
+                                     "rerun both jobs to name the exact step."),
     ignore_lines: list[str] = typer.Option(None, "--ignore-lines", metavar="REGEX",
                                            help="stdout lines matching REGEX are left out of the comparison "
                                                 "(timings); repeatable; also ignore_lines in the project config."),
     upstream: bool = typer.Option(False, "--upstream",
                                   help="Replay the runs whose outputs it took as --input first (in order), then "
                                        "this run on their replays' outputs."),
+    gpus: str = typer.Option(None, "--gpus", help="Replay with this GPU request instead of the recorded one (all | "
+                                                  "none | N | device=0,2); fewer or other GPUs are a mismatch."),
     json_out: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
     mlflow: str = typer.Option(None, "--mlflow", metavar="[URI]",
                                help=MLFLOW_OPTION_HELP + " Replays export whenever a URI is configured; the "
@@ -44,13 +48,18 @@ def replay_cmd(
     A run from a registry (REGISTRY/REPO@sha256:..., or RUN_ID --from REGISTRY/REPO) is fetched first: every file
     checked against its record, the image pulled by its recorded digest, the platform checked.
 
+    When the replay diverges and the step traces bracket it between recorded steps more than one step apart, both
+    jobs are run again with every step between them traced, to name the exact step (--no-pin skips this).
+
     A run that wrote no output file is judged on its stdout. Exit codes: 0 IDENTICAL, 3 DIVERGED, 4 FAILED,
-    5 UNVERIFIED (nothing to compare); 40 platform refused (see --force), 41 an input changed.
+    5 UNVERIFIED (nothing to compare); 40 platform refused (see --force), 41 an input changed, 37 this host cannot
+    give the run its GPUs (too few, or a driver too old for the image's CUDA).
     """
     from envkit.cli._progress import LiveProgress
     from envkit.cli.mlflow import export_after_replay, mlflow_settings
     from envkit.engine import connect
     from envkit.errors import MountError, PlatformMismatchError
+    from envkit.pin import replay_pinner
     from envkit.lineage import replay_chain
     from envkit.remote import is_reference
     from envkit.replay import replay
@@ -81,13 +90,18 @@ def replay_cmd(
         err_console.print("warning: replaying anyway (--force); the replay is marked as on a mismatched platform",
                           highlight=False)
 
+    def say(message: str) -> None:  # what the pin reruns are doing: a few lines, each before a job's run
+        err_console.print(message, highlight=False)
+
+    engine = connect()
     options = {"force": force, "rebuild": rebuild, "mount_overrides": overrides, "on_forced": on_forced,
-               "sink": Sink(None, None) if json_out else None, "ignore_lines": patterns, "progress": progress}
+               "sink": Sink(None, None) if json_out else None, "ignore_lines": patterns, "progress": progress,
+               "after_judge": None if no_pin else replay_pinner(engine, store, None if json_out else say)}
     try:
         if upstream:
-            chain = replay_chain(connect(), store, run_id, on_replayed=None if json_out else _print_result, **options)
+            chain = replay_chain(engine, store, run_id, on_replayed=None if json_out else _print_result, **options)
         else:
-            result = replay(connect(), store, run_id, **options)
+            result = replay(engine, store, run_id, gpus=gpus, **options)
     except PlatformMismatchError as exc:
         err_console.print(render_diffs(exc.differences), highlight=False)
         raise
@@ -162,6 +176,8 @@ def render_verdict(verdict, original: str, replay: str) -> str:
             lines.append(f"           (not compared as tensors: {f.tensor_error})")
     if verdict.kind == "DIVERGED" and verdict.divergence and verdict.divergence.get("message"):
         lines.append(f"  training: {verdict.divergence['message']}")
+        if verdict.divergence.get("pin_message"):
+            lines.append(f"  pin: {verdict.divergence['pin_message']}")
     lines += render_compared(verdict)
     return "\n".join(lines)
 

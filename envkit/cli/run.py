@@ -11,30 +11,36 @@ from envkit.cli import app
 from envkit.cli._console import err_console, print_json
 from envkit.cli._options import choice
 from envkit.cli._runcmd import configured_request, outcome, run_command
-from envkit.cli.mlflow import MLFLOW_OPTION_HELP
 from envkit.settings import (
     CPU_PROFILES,
     DEFAULT_DETERMINISM,
     DEFAULT_THREADS,
     DEFAULT_TRACE,
     DETERMINISM_LEVELS,
+    IPC_MODES,
     NETWORK_MODES,
 )
-from envkit.tracking.config import looks_like_tracking_uri
+from envkit.tracking.config import MLFLOW_OPTION_HELP, looks_like_tracking_uri
 
 SEED_MAX = 2**32 - 1
 
 
 def _gpus(value: str) -> str:
-    if value in ("all", "none") or (value.isdigit() and int(value) > 0):
-        return value
-    raise typer.BadParameter(f"{value!r} is not all, none or a positive count")
+    from envkit.run.gpus import parse_gpus
+
+    try:
+        return parse_gpus(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _trace(value: str) -> str:
-    if value in ("off", "auto") or (value.isdigit() and int(value) > 0):
-        return value
-    raise typer.BadParameter(f"{value!r} is not 'auto', 'off' or a positive step interval")
+    from envkit.run.tracing import parse_trace
+
+    try:
+        return str(parse_trace(value))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command("run", context_settings={"allow_interspersed_args": False},
@@ -52,7 +58,9 @@ def run_cmd(
                                     help="strict | warn | seed | off."),
     threads: int = typer.Option(DEFAULT_THREADS, "--threads", min=1, max=512,
                                 help="Fixed CPU thread count (torch, OpenMP, MKL); recorded with the run."),
-    gpus: str = typer.Option("none", "--gpus", callback=_gpus, help="all | none | N (NVIDIA container toolkit)."),
+    gpus: str = typer.Option("none", "--gpus", callback=_gpus,
+                             help="all | none | N (devices 0..N-1) | device=0,2 (indices or UUIDs); NVIDIA container "
+                                  "toolkit."),
     cpu_profile: str = typer.Option(None, "--cpu-profile", callback=choice(CPU_PROFILES),
                                     help="native, or portable (bit-identical across CPU models); default: the "
                                          "--image's own profile, else native."),
@@ -61,12 +69,22 @@ def run_cmd(
                                      help="An earlier run's output (checked against its record, mounted read-only at "
                                           "DEST, default /work/PATH) as an input; recorded as lineage (repeatable)."),
     trace: str = typer.Option(DEFAULT_TRACE, "--trace", callback=_trace,
-                              help="Parameter digests every N optimizer steps; auto keeps the cost under 2%; off."),
+                              help="Parameter digests every N optimizer steps; auto keeps the cost under 2%; off. "
+                                   "Add ops:STEP (e.g. auto,ops:5) for a digest of every ATen op of one step; "
+                                   "ops alone: the divergent step found last for this script."),
     network: str = typer.Option("none", "--network", callback=choice(NETWORK_MODES),
                                 help="Container network: none (default, hermetic) or bridge."),
     env: list[str] = typer.Option(None, "--env", help="KEY=VALUE for the job (repeatable); secrets are redacted in "
                                                        "the record."),
     memory: str = typer.Option(None, "--memory", help="Memory limit, e.g. 4g; a job killed for memory is marked oom."),
+    shm_size: str = typer.Option(None, "--shm-size", help="/dev/shm size, e.g. 16g (default: half the job's memory, "
+                                                          "as Linux gives it; Docker's 64m kills DataLoaders)."),
+    ipc: str = typer.Option(None, "--ipc", callback=choice(IPC_MODES), help="IPC namespace: private (default), "
+                                                                            "shareable or host."),
+    env_file: Path = typer.Option(None, "--env-file", help="KEY=VALUE lines for the job (as docker's --env-file); "
+                                                           "secrets are redacted in the record; --env wins."),
+    user: str = typer.Option(None, "--user", help="UID[:GID] to run the job as (default: you; an unprivileged uid "
+                                                  "when envkit runs as root)."),
     json_out: bool = typer.Option(False, "--json", help="Print a record summary as JSON at the end."),
     mlflow: str = typer.Option(None, "--mlflow", metavar="[URI]", help=MLFLOW_OPTION_HELP),
     backend: str = typer.Option("local", "--backend", callback=choice(("local", "slurm")),
@@ -95,7 +113,8 @@ def run_cmd(
     request = RunRequest(
         script=script, args=list(args or []), seed=seed, lock=lock, image=image, determinism=determinism,
         threads=threads, gpus=gpus, cpu_profile=cpu_profile, mounts=list(mount or []), trace=trace, network=network,
-        env=_parse_env(env or []), memory=memory, project=Path.cwd(),
+        env=_parse_env(env or []), memory=memory, project=Path.cwd(), shm_size=shm_size, ipc=ipc, env_file=env_file,
+        user=user,
         command=["envkit", *sys.argv[1:]] if sys.argv and "envkit" in Path(sys.argv[0]).name else [],
     )
     request = configured_request(request, list(inputs or []), {"gpus": _gpus, "trace": _trace})
@@ -142,8 +161,10 @@ def _parse_env(items: list[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
-        if key.startswith("ENVKIT_") or key in ("PYTHONHASHSEED",):
-            raise typer.BadParameter(f"{key} is set by envkit from the run's options", param_hint="--env")
+        if key.startswith("ENVKIT_") or key in ("PYTHONHASHSEED", "NVIDIA_VISIBLE_DEVICES"):
+            raise typer.BadParameter(f"{key} is set by envkit from the run's options"
+                                     + (" (choose GPUs with --gpus)" if key == "NVIDIA_VISIBLE_DEVICES" else ""),
+                                     param_hint="--env")
         out[key] = value
     return out
 
@@ -154,5 +175,5 @@ def summary(record) -> dict:
         "determinism": record.determinism, "threads": record.threads, "cpu_profile": record.cpu_profile,
         "image": record.image.id, "image_digests": record.image.digests, "code_sha256": record.code.sha256,
         "outputs": [e.to_dict() for e in record.outputs], "timings": record.timings.__dict__,
-        "replay_of": record.replay_of,
+        "replay_of": record.replay_of, "gpus": record.gpus, "shm_size": record.shm_size, "ipc": record.ipc,
     }

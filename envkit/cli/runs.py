@@ -137,7 +137,13 @@ def render_record(record: RunRecord, layout: RunLayout) -> str:
     gpus = record.fingerprint.gpus
     if gpus.get("available"):
         names = [str(d.get("name")) for d in gpus.get("devices") or []]
-        row("gpus", f"{', '.join(names)} (driver {gpus.get('driver_version')})")
+        row("gpus", f"--gpus {record.gpus}: {', '.join(names)} (driver {gpus.get('driver_version')})")
+    elif record.gpus != "none":
+        row("gpus", f"--gpus {record.gpus}: none given")
+    settings = [f"shm {record.shm_size}" if record.shm_size else ("host /dev/shm" if record.ipc == "host" else None),
+                f"ipc {record.ipc}" if record.ipc else None, f"user {record.user}" if record.user else None,
+                " ".join(f"{k}={'/'.join(map(str, v))}" for k, v in record.ulimits.items()) or None]
+    row("container", ", ".join(filter(None, settings)))
     if record.metrics:
         row("metrics", ", ".join(f"{name} {value:.6g}" for name, value in list(record.metrics.items())[:8])
             + (f", ... ({len(record.metrics)} in all)" if len(record.metrics) > 8 else ""))

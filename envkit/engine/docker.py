@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import docker
 
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+API_VERSION = "1.41"
+OOM_EXIT = 137  # SIGKILL: the only exit code an OOM kill gives, so the only one worth an inspect
 
 
 def connect(timeout: int | None = 600) -> DockerEngine:
@@ -38,9 +40,18 @@ def connect(timeout: int | None = 600) -> DockerEngine:
     import docker
 
     where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    # A fixed API version saves the /version round trip of negotiation; 1.41 (Docker 20.10) has everything envkit
+    # uses (device requests came in 1.40). An older engine says so, and then the client negotiates.
+    version = os.environ.get("DOCKER_API_VERSION") or API_VERSION
     try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
+        client = docker.from_env(timeout=timeout, version=version)
+        try:
+            client.ping()
+        except docker.errors.APIError as exc:
+            if "too new" not in str(exc):
+                raise
+            client = docker.from_env(timeout=timeout, version="auto")
+            client.ping()
     except (docker.errors.DockerException, OSError) as exc:
         raise EngineUnavailableError(f"the Docker engine at {where} is not reachable ({short(exc)})") from exc
     return DockerEngine(client)
@@ -90,6 +101,7 @@ class DockerEngine(Engine):
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
         self._facts: dict[str, Any] | None = None
+        self._images: dict[str, Image] = {}  # by ID: one process asks for the same image several times
 
     # --- facts -----------------------------------------------------------------------------------------------------
     def facts(self) -> dict[str, Any]:
@@ -106,6 +118,7 @@ class DockerEngine(Engine):
                 "kernel": info.get("KernelVersion"),
                 "runtimes": sorted((info.get("Runtimes") or {}).keys()),
                 "default_runtime": info.get("DefaultRuntime"),
+                "root_dir": info.get("DockerRootDir"),  # where images live: a build checks its free space there
             }
         return dict(self._facts)
 
@@ -113,11 +126,15 @@ class DockerEngine(Engine):
     def image(self, ref: str) -> Image:
         import docker.errors
 
+        if ref in self._images:
+            return self._images[ref]
         try:
             with translated("inspecting the image", image=ref):
-                return _image(self.client.images.get(ref))
+                found = _image(self.client.images.get(ref))
         except docker.errors.NullResource as exc:
             raise ImageNotFoundError(f"no image named {ref!r}") from exc
+        self._images[found.id] = found
+        return found
 
     def images_labelled(self, label: str, value: str) -> list[Image]:
         with translated("looking up images"):
@@ -241,10 +258,15 @@ class DockerEngine(Engine):
 
     def create(self, spec: ContainerSpec) -> DockerContainer:
         import docker.errors
+        from docker.models.containers import _create_container_args
 
         try:
             with translated("creating the job's container", image=spec.image):
-                container = self.client.containers.create(spec.image, **self._create_kwargs(spec))
+                # The low-level call: the SDK's containers.create() inspects the new container once more.
+                kwargs = self._create_kwargs(spec)
+                kwargs.pop("detach", None)
+                args = _create_container_args({**kwargs, "image": spec.image, "version": self.client.api._version})
+                container = self.client.api.create_container(**args)["Id"]
         except (docker.errors.APIError, ValueError, TypeError) as exc:
             raise JobError(f"the Docker engine refused the job's container: {short(exc)}",
                            hint=_create_hint(spec, short(exc))) from exc
@@ -282,31 +304,57 @@ class DockerEngine(Engine):
             self.client.api.remove_container(container_id, force=True)
 
 
+# What the NVIDIA container toolkit says when a GPU container cannot start (at start, not at create), and what to do.
+_GPU_HINTS = (
+    ("could not select device driver", "the Docker engine has no NVIDIA hook: install the NVIDIA container toolkit "
+                                       "(nvidia-ctk runtime configure --runtime=docker) and restart dockerd, or run "
+                                       "with --gpus none"),
+    ("unknown device", "this host has fewer GPUs than requested, or not that id: `envkit fingerprint` lists them"),
+    ("unsatisfied condition: cuda", "the NVIDIA driver is older than the image's CUDA (NVIDIA_REQUIRE_CUDA): update "
+                                    "the driver, or use a lock with an older CUDA's wheels"),
+    ("driver not loaded", "the NVIDIA kernel module is not loaded on this host (nvidia-smi fails too): load it"),
+    ("driver/library version mismatch", "the NVIDIA driver was updated without a reboot: reboot the host"),
+    ("libnvidia-ml.so", "the NVIDIA driver's libraries are missing on this host: install the driver"),
+    ("nvidia-container-cli", "the NVIDIA container toolkit could not give the container its GPUs: `envkit doctor` "
+                             "checks a GPU container"),
+)
+
+
+def gpu_hint(reason: str) -> str | None:
+    """The hint for a GPU container that cannot start, from the toolkit's message (None: not a GPU problem)."""
+    low = reason.lower()
+    return next((hint for key, hint in _GPU_HINTS if key in low), None)
+
+
 def _create_hint(spec: ContainerSpec, reason: str) -> str | None:
     low = reason.lower()
     if spec.gpus is not None and ("gpu" in low or "device driver" in low or "nvidia" in low):
-        return "install the NVIDIA container toolkit, or run with --gpus none"
+        return gpu_hint(reason) or "install the NVIDIA container toolkit, or run with --gpus none"
     if "memory" in low or "invalid size" in low:
         return "give a memory size such as 512m or 4g"
     return None
 
 
 class DockerContainer(Container):
-    def __init__(self, engine: DockerEngine, container: Any, spec: ContainerSpec) -> None:
+    def __init__(self, engine: DockerEngine, container_id: str, spec: ContainerSpec) -> None:
         self.engine = engine
-        self.container = container
         self.spec = spec
-        self.id = container.id
+        self.id = container_id
 
     def start(self) -> Output:
         import docker.errors
+        from docker.types.daemon import CancellableStream
 
         api = self.engine.client.api
         with translated("starting the job's container"):
-            # Attach before start, with logs=True: nothing the job prints early is lost.
-            stream = api.attach(self.id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
+            # Attach before start, with logs=True: nothing the job prints early is lost. Attached by hand: the SDK's
+            # attach() inspects the container to learn whether it has a TTY, and envkit's never has one.
+            response = api._post(api._url("/containers/{0}/attach", self.id),
+                                 headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+                                 params={"logs": 1, "stdout": 1, "stderr": 1, "stream": 1}, stream=True)
+            stream = CancellableStream(api._read_from_socket(response, True, tty=False, demux=True), response)
             try:
-                self.container.start()
+                api.start(self.id)
             except docker.errors.APIError as exc:  # GPU hook, missing binary, bad limits: reported at start
                 raise JobError(f"the job's container did not start: {short(exc)}",
                                hint=_start_hint(self.spec, short(exc))) from exc
@@ -320,25 +368,30 @@ class DockerContainer(Container):
             return
 
     def wait(self) -> ContainerExit:
+        api = self.engine.client.api
         with translated("waiting for the job"):
-            result = self.container.wait()
-            self.container.reload()
-        oom = bool((self.container.attrs.get("State") or {}).get("OOMKilled"))
-        return ContainerExit(int(result.get("StatusCode", -1)), oom)
+            code = int(api.wait(self.id, timeout=None).get("StatusCode", -1))
+            oom = False
+            if code == OOM_EXIT:  # killed: by the OOM killer, or by a signal? Only the state says.
+                oom = bool((api.inspect_container(self.id).get("State") or {}).get("OOMKilled"))
+        return ContainerExit(code, oom)
 
     def stop(self, timeout: int = 5) -> None:
         with contextlib.suppress(Exception):
-            self.container.stop(timeout=timeout)
+            self.engine.client.api.stop(self.id, timeout=timeout)
 
     def remove(self) -> None:
         with contextlib.suppress(Exception):
-            self.container.remove(force=True)
+            self.engine.client.api.remove_container(self.id, force=True)
 
 
 def _start_hint(spec: ContainerSpec, reason: str) -> str | None:
     low = reason.lower()
-    if "could not select device driver" in low or ("gpu" in low and spec.gpus is not None):
-        return "install the NVIDIA container toolkit on this host, or run with --gpus none"
+    hint = gpu_hint(reason) if spec.gpus is not None or "device driver" in low else None
+    if hint:
+        return hint
+    if "rlimit" in low and spec.ulimits:
+        return "the engine cannot raise the job's ulimits (memlock, stack; a rootless engine?)"
     if "executable file not found" in low or "no such file or directory" in low:
         return "the command is not in the image; check the image or the command"
     return _create_hint(spec, reason)

@@ -3,6 +3,10 @@
 ``envkit base debian bookworm --python 3.11`` runs ``debootstrap --variant=minbase`` into a folder, records the
 package list it installed (inside the image at /etc/envkit/base-packages.txt and as a label hash), and imports the
 folder with ``docker import``. No registry is needed, so it works where nothing can be pulled.
+
+``--compiler`` adds gcc, the C library's headers and Python's (``Python.h``): what triton needs to compile its
+launcher when torch.compile runs on a GPU (and Inductor's C++ on the CPU needs g++: not included). Image builds have
+no network, so a lock with triton needs such a base; the image is labelled ``io.envkit.base.compiler``.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from pathlib import Path
 
 from envkit.engine import Engine
 from envkit.errors import BaseImageError, SpecError
-from envkit.settings import LABEL_BASE_PACKAGES, LABEL_BASE_PYTHON, LABEL_BASE_SOURCE, cache_dir
+from envkit.settings import LABEL_BASE_COMPILER, LABEL_BASE_PACKAGES, LABEL_BASE_PYTHON, LABEL_BASE_SOURCE, cache_dir
 
 # Debian suites and the python3 they ship: the version is a property of the suite, not a choice.
 SUITE_PYTHON = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
+COMPILER_PACKAGES = ("gcc", "libc6-dev", "python3-dev")  # triton's launcher: cc and Python.h
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,8 @@ class BaseResult:
     seconds: float
 
 
-def default_tag(suite: str, python: str) -> str:
-    return f"envkit/base:{suite}-py{python}"
+def default_tag(suite: str, python: str, compiler: bool = False) -> str:
+    return f"envkit/base:{suite}-py{python}" + ("-dev" if compiler else "")
 
 
 def make_base(
@@ -46,6 +51,7 @@ def make_base(
     tag: str | None = None,
     mirror: str | None = None,
     step: Callable[[str], None] = lambda _msg: None,
+    compiler: bool = False,
 ) -> BaseResult:
     """debootstrap a minimal Debian with python3, record its packages, and import it as an image.
 
@@ -56,6 +62,7 @@ def make_base(
         tag: image name; default envkit/base:<suite>-py<python>.
         mirror: Debian mirror URL; default debootstrap's.
         step: called with a short description as each stage starts (progress).
+        compiler: add gcc and Python's headers (torch.compile with triton); default tag ``...-dev``.
 
     Raises:
         SpecError: unknown suite or a Python the suite does not ship.
@@ -72,14 +79,15 @@ def make_base(
         raise BaseImageError("debootstrap is not installed", hint="install it: apt-get install -y debootstrap")
     if os.geteuid() != 0:
         raise BaseImageError("making a base image needs root (debootstrap chroots)", hint="run it with sudo")
-    tag = tag or default_tag(suite, python)
+    tag = tag or default_tag(suite, python, compiler)
+    packages_wanted = BASE_PACKAGES + (COMPILER_PACKAGES if compiler else ())
     t0 = time.monotonic()
     debs = cache_dir() / "debootstrap" / suite
     debs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="envkit-base-") as tmp:
         root = Path(tmp) / "rootfs"
-        step(f"debootstrap {suite} (minbase + python3)")
-        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+        step(f"debootstrap {suite} (minbase + python3{' + gcc' if compiler else ''})")
+        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(packages_wanted)}",
                f"--cache-dir={debs}", suite, str(root)]
         if mirror:
             cmd.append(mirror)
@@ -99,8 +107,9 @@ def make_base(
             shutil.rmtree(root / junk, ignore_errors=True)
             (root / junk).mkdir(parents=True, exist_ok=True)
         step(f"importing the root filesystem as {tag}")
-        source = f"envkit base debian {suite} --python {python}"
+        source = f"envkit base debian {suite} --python {python}" + (" --compiler" if compiler else "")
         changes = [
+            *([f"LABEL {LABEL_BASE_COMPILER}=gcc"] if compiler else []),
             f"LABEL {LABEL_BASE_PYTHON}={full_python}",
             f'LABEL {LABEL_BASE_SOURCE}="{source}"',
             f"LABEL {LABEL_BASE_PACKAGES}={hashlib.sha256(listing.encode()).hexdigest()}",

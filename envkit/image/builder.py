@@ -19,6 +19,7 @@ from typing import Any
 from envkit.atomic import atomic_write
 from envkit.engine import Engine
 from envkit.errors import BuildError, ImageNotFoundError, PlatformError
+from envkit.image.preflight import check_space, compiler_warning
 from envkit.image.render import BuildPlan, plan_build
 from envkit.image.wheels import Progress, ensure_wheels, link_or_copy
 from envkit.lock.localsources import LocalSources
@@ -39,6 +40,7 @@ class BuildResult:
     seconds: float
     repo_digest: str | None = None
     steps: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # one line each, for the user (a triton lock without a compiler)
 
 
 def check_platform(engine: Engine, lock: Lockfile) -> None:
@@ -112,13 +114,16 @@ def build_image(
             engine.tag(cached, plan.tag)
             return BuildResult(cached, plan.tag, plan.build_key, True, time.monotonic() - t0)
     _require_base(engine, lock)
+    warning = compiler_warning(engine, lock)
     wheels = ensure_wheels(lock.packages, wheel_cache_dir(), progress, sources=LocalSources.for_lock(lock))
+    check_space(engine, wheels)
     with tempfile.TemporaryDirectory(prefix="envkit-build-") as tmp:
         ctx = Path(tmp)
         _write_context(ctx, plan, wheels)
         image_id, steps = _build(engine, ctx, plan, no_cache, on_step)
     remember_build(plan.build_key, image_id)
-    return BuildResult(image_id, plan.tag, plan.build_key, False, time.monotonic() - t0, steps=steps)
+    return BuildResult(image_id, plan.tag, plan.build_key, False, time.monotonic() - t0, steps=steps,
+                       warnings=[warning] if warning else [])
 
 
 def _require_base(engine: Engine, lock: Lockfile) -> None:

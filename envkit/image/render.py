@@ -6,10 +6,12 @@ Nothing here touches the engine or the network, so it is unit-tested as text and
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 from envkit import __version__, cpuprofile
 from envkit.errors import LockfileError
+from envkit.lock.cuda import cuda_major, lock_cuda
 from envkit.lock.model import Lockfile, check_values
 from envkit.lock.values import has_control, shown
 from envkit.resources import docker_file, injob_sources
@@ -18,6 +20,7 @@ from envkit.settings import (
     IN_IMAGE_PACKAGE,
     LABEL_BUILD_KEY,
     LABEL_CPU_PROFILE,
+    LABEL_CUDA,
     LABEL_LOCK_NAME,
     LABEL_LOCK_SHA,
     LABEL_MANAGED,
@@ -60,8 +63,13 @@ def render_requirements(lock: Lockfile) -> str:
 
 
 def image_env(lock: Lockfile, cpu_profile: str) -> dict[str, str]:
-    """ENV of the image: the lock's determinism environment, the venv on PATH, the CPU profile."""
+    """ENV of the image: the lock's determinism environment, the venv on PATH, the CPU profile and, for a CUDA lock,
+    ``NVIDIA_REQUIRE_CUDA``: the container toolkit then refuses to start it on a driver older than the wheels'
+    CUDA major (CUDA's minor-version compatibility makes the major the requirement)."""
     env = dict(lock.environment)
+    cuda = lock_cuda(lock)
+    if cuda:
+        env["NVIDIA_REQUIRE_CUDA"] = f"cuda>={cuda_major(cuda)}.0"
     env["PATH"] = f"{IMAGE_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     env["VIRTUAL_ENV"] = IMAGE_VENV
     env["ENVKIT_CPU_PROFILE"] = cpu_profile
@@ -72,7 +80,9 @@ def image_env(lock: Lockfile, cpu_profile: str) -> dict[str, str]:
 
 
 def labels(lock: Lockfile, cpu_profile: str, build_key: str) -> dict[str, str]:
+    cuda = lock_cuda(lock)
     return {
+        **({LABEL_CUDA: cuda} if cuda else {}),
         LABEL_MANAGED: "true",
         LABEL_LOCK_SHA: lock.content_sha256,
         LABEL_LOCK_NAME: lock.name,
@@ -132,6 +142,9 @@ def compute_build_key(lock: Lockfile, cpu_profile: str, files: dict[str, bytes])
     h.update(f"{lock.content_sha256}\0{__version__}\0{cpu_profile}\0".encode())
     template = docker_file("Dockerfile.template").read_bytes()
     h.update(hashlib.sha256(template).digest())
+    # What envkit's code renders into the Dockerfile (ENV, labels) decides the image too.
+    rendered = {"env": image_env(lock, cpu_profile), "labels": labels(lock, cpu_profile, "")}
+    h.update(hashlib.sha256(json.dumps(rendered, sort_keys=True).encode()).digest())
     for name in sorted(files):
         h.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
     return h.hexdigest()

@@ -1,5 +1,5 @@
 """Library hooks: seed ``random``, numpy's global generator and torch (CPU and, lazily, CUDA), apply the determinism
-level to torch, and install the in-job extensions (step trace, portable ops) once torch is seeded.
+level to torch, and install the in-job extensions (step trace, op trace, portable ops) once torch is seeded.
 
 Under ``strict`` and ``warn``, unseeded ``random.Random()`` and ``numpy.random.default_rng()`` get seeds derived from
 the run's seed (see :mod:`.seeds`); ``strict`` ends the process with one line when torch refuses an op that has no
@@ -160,15 +160,20 @@ def nondeterministic_op_line(exc, in_run=True):
 def _after_torch_seeded(torch):
     """Called once per process right after torch is seeded and its flags are set.
 
-    ``ENVKIT_TRACE`` set and nonzero: the step trace (:mod:`.trace`). ``ENVKIT_CPU_PROFILE=portable``: the portable
-    elementwise ops (:mod:`.portable_ops`). A failing ``install`` is a warning, never the job's end.
+    ``ENVKIT_TRACE`` set and nonzero, or ``ENVKIT_TRACE_STEPS`` set: the step trace (:mod:`.trace`).
+    ``ENVKIT_TRACE_OPS`` set: the op trace of that step (:mod:`.optrace`), after the step trace, whose hooks then
+    run first and keep their own ops out of it. ``ENVKIT_CPU_PROFILE=portable``: the portable elementwise ops
+    (:mod:`.portable_ops`). A failing ``install`` (a bad value among them) is a warning, never the job's end.
     """
     S = state.S
     if S.extensions_done:
         return
     S.extensions_done = True
-    if os.environ.get(state.ENV_TRACE, "").strip() not in ("", "0", "off"):
+    env = os.environ
+    if env.get(state.ENV_TRACE, "").strip() not in ("", "0", "off") or env.get(state.ENV_TRACE_STEPS, "").strip():
         _install_extension("trace", torch)
+    if env.get(state.ENV_TRACE_OPS, "").strip():
+        _install_extension("optrace", torch)
     if os.environ.get(state.ENV_CPU_PROFILE, "").strip() == "portable":
         _install_extension("portable_ops", torch)
 

@@ -96,7 +96,19 @@ def _torch(torch, attempt):
         "cuda_available": cuda_available,
         "cuda_device_count": attempt("torch.cuda_device_count", torch.cuda.device_count) if cuda_available else 0,
         "cuda_arch_list": attempt("torch.cuda_arch_list", torch.cuda.get_arch_list) if cuda else [],
+        "devices": attempt("torch.devices", lambda: _cuda_devices(torch)) if cuda_available else [],
     }
+
+
+def _cuda_devices(torch):
+    """What CUDA reports for each device the container was given: a MIG slice has its parent's name but its own
+    SM count, so both are kept."""
+    out = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        out.append({"name": props.name, "capability": "%d.%d" % (props.major, props.minor),
+                    "sm_count": props.multi_processor_count, "memory_bytes": props.total_memory})
+    return out
 
 
 def _numpy(numpy, attempt):

@@ -31,7 +31,13 @@ torch_version, torch_git_version, torch_cuda_version, cudnn_version, cpu_capabil
 torch_num_threads, torch_num_interop_threads
 deterministic_algorithms, deterministic_warn_only, cudnn_deterministic, cudnn_benchmark, cudnn_allow_tf32
 cuda_matmul_allow_tf32, float32_matmul_precision, cuda_initialized (read without initialising CUDA)
-extensions                 in-job modules installed after torch was seeded (``trace``, ``portable_ops``)
+fp32_precision             mapping: torch's TF32 settings by backend (``cuda.matmul``, ``cudnn.conv``, ...), read
+                           through ``fp32_precision`` where torch has it (``ieee`` | ``tf32`` | ``none``: inherit)
+nvidia_tf32_override       ``NVIDIA_TF32_OVERRIDE`` in effect (``0`` turns TF32 off under torch), or null
+tf32_matmul, tf32_cudnn    whether TF32 was in effect for cuBLAS matmuls and cuDNN convolutions: torch's setting,
+                           unless NVIDIA_TF32_OVERRIDE=0 overrides it (null when torch's setting cannot be read)
+extensions                 in-job modules installed after torch was seeded (``trace``, ``optrace``,
+                           ``portable_ops``)
 warnings, errors           one-line messages (errors: the strict-mode line if an op stopped the process)
 python_version             e.g. ``3.11.7``
 =========================  ===========================================================================================
@@ -55,6 +61,11 @@ ENV_CPU_PROFILE = "ENVKIT_CPU_PROFILE"  # native | portable
 ENV_TRACE = "ENVKIT_TRACE"  # step-trace interval: N steps, auto, 0 = off
 ENV_TRACE_FILE = "ENVKIT_TRACE_FILE"  # the trace file of the job's first tracing process (others: trace.rankR...)
 ENV_TRACE_GRADS = "ENVKIT_TRACE_GRADS"  # "1": the step trace digests gradients too
+ENV_TRACE_STEPS = "ENVKIT_TRACE_STEPS"  # "A-B": the step trace also records every step from A to B (pin runs)
+ENV_TRACE_OPS = "ENVKIT_TRACE_OPS"  # a step: the op trace records every ATen op of that step
+ENV_TRACE_OPS_FILE = "ENVKIT_TRACE_OPS_FILE"  # the op trace's file (default $ENVKIT_REPORT_DIR/optrace.jsonl)
+ENV_TRACE_OPS_SAVE = "ENVKIT_TRACE_OPS_SAVE"  # "12,40": the op trace saves those ops' inputs and outputs
+ENV_TRACE_OPS_MAX = "ENVKIT_TRACE_OPS_MAX"  # the op trace stops recording after this many ops (default 500000)
 ENV_BOOTSTRAP_ROOT = "ENVKIT_BOOTSTRAP_ROOT"  # set by the bootstrap: pid of the job's first process (main vs children)
 
 DETERMINISM_LEVELS = ("strict", "warn", "seed", "off")
@@ -130,13 +141,23 @@ def new_report(role, rank):
         "cpu_capability": None, "torch_num_threads": None, "torch_num_interop_threads": None,
         "deterministic_algorithms": None, "deterministic_warn_only": None, "cudnn_deterministic": None,
         "cudnn_benchmark": None, "cudnn_allow_tf32": None, "cuda_matmul_allow_tf32": None,
-        "float32_matmul_precision": None, "cuda_initialized": None, "extensions": [], "warnings": [], "errors": [],
+        "float32_matmul_precision": None, "cuda_initialized": None, "fp32_precision": {},
+        "nvidia_tf32_override": None, "tf32_matmul": None, "tf32_cudnn": None,
+        "extensions": [], "warnings": [], "errors": [],
         "python_version": sys.version.split()[0],
     }
 
 
+# Where torch keeps its TF32 settings (torch >= 2.9: fp32_precision, by backend and operation; "none" inherits).
+_FP32_PRECISION = ("", "cuda.matmul", "cudnn", "cudnn.conv", "cudnn.rnn", "mkldnn", "mkldnn.matmul")
+
+
 def sync_report():
-    """Copy the seeding state and torch's flags in effect into the report."""
+    """Copy the seeding state and torch's flags in effect into the report.
+
+    Each torch field is read in its own try: torch raises on the legacy TF32 flags once a job used the new
+    ``fp32_precision`` ones, and one unreadable field must not blank the others.
+    """
     r = S.report
     r["process_seed"] = S.process_seed
     r["stream"] = "/".join(str(part) for part in S.stream)
@@ -144,24 +165,73 @@ def sync_report():
     torch = sys.modules.get("torch")
     if torch is None or not getattr(torch, "_envkit_patched", False):
         return
+    fields = {
+        "torch_version": lambda: torch.__version__,
+        "torch_git_version": lambda: torch.version.git_version,
+        "torch_cuda_version": lambda: torch.version.cuda,
+        "cpu_capability": lambda: torch.backends.cpu.get_cpu_capability(),
+        "torch_num_threads": lambda: torch.get_num_threads(),
+        "torch_num_interop_threads": lambda: torch.get_num_interop_threads(),
+        "deterministic_algorithms": lambda: torch.are_deterministic_algorithms_enabled(),
+        "deterministic_warn_only": lambda: torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cudnn_deterministic": lambda: bool(torch.backends.cudnn.deterministic),
+        "cudnn_benchmark": lambda: bool(torch.backends.cudnn.benchmark),
+        "cudnn_allow_tf32": lambda: bool(torch.backends.cudnn.allow_tf32),
+        "cuda_matmul_allow_tf32": lambda: bool(torch.backends.cuda.matmul.allow_tf32),
+        "float32_matmul_precision": lambda: torch.get_float32_matmul_precision(),
+        "cuda_initialized": lambda: torch.cuda.is_initialized(),  # a plain flag: reading it does not initialise CUDA
+    }
+    failed = []
+    for name, read in fields.items():
+        try:
+            r[name] = read()
+        except Exception:  # noqa: BLE001 - the report is best effort; seeding already happened
+            r[name] = None
+            failed.append(name)
     try:
-        r.update(
-            torch_version=torch.__version__, torch_git_version=torch.version.git_version,
-            torch_cuda_version=torch.version.cuda, cpu_capability=torch.backends.cpu.get_cpu_capability(),
-            torch_num_threads=torch.get_num_threads(), torch_num_interop_threads=torch.get_num_interop_threads(),
-            deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
-            deterministic_warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
-            cudnn_deterministic=bool(torch.backends.cudnn.deterministic),
-            cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
-            cudnn_allow_tf32=bool(torch.backends.cudnn.allow_tf32),
-            cuda_matmul_allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32),
-            float32_matmul_precision=torch.get_float32_matmul_precision(),
-            cuda_initialized=torch.cuda.is_initialized(),  # a plain flag: reading it does not initialise CUDA
-        )
         if r["cudnn_version"] is None and torch.backends.cudnn.is_available():
             r["cudnn_version"] = torch.backends.cudnn.version()
-    except Exception as exc:  # noqa: BLE001 - the report is best effort; seeding already happened
-        warn(f"could not read torch's settings for the report ({type(exc).__name__}: {exc})")
+    except Exception:  # noqa: BLE001
+        failed.append("cudnn_version")
+    _sync_tf32(torch, r)
+    if [f for f in failed if f not in ("cudnn_allow_tf32", "cuda_matmul_allow_tf32", "float32_matmul_precision")]:
+        warn(f"could not read torch's {', '.join(failed)} for the report")
+
+
+def _sync_tf32(torch, r):
+    """TF32 as it ran: torch's settings (``fp32_precision`` where it exists, else the legacy flags), then
+    ``NVIDIA_TF32_OVERRIDE=0``, which turns TF32 off in cuBLAS and cuDNN whatever torch says."""
+    precision = {}
+    for path in _FP32_PRECISION:
+        obj = torch.backends
+        try:
+            for part in filter(None, path.split(".")):
+                obj = getattr(obj, part)
+            value = obj.fp32_precision
+        except Exception:  # noqa: BLE001 - an older torch without it, or a backend this build lacks
+            continue
+        precision[path or "default"] = str(value)
+    r["fp32_precision"] = precision
+    override = os.environ.get("NVIDIA_TF32_OVERRIDE")
+    r["nvidia_tf32_override"] = override
+
+    def effective(*paths):
+        for path in paths:  # the most specific setting that is not "none" (inherit) wins
+            value = precision.get(path)
+            if value not in (None, "none"):
+                return value == "tf32"
+        return None
+
+    if precision:
+        matmul = effective("cuda.matmul", "default")
+        matmul = False if matmul is None else matmul  # every level inherits: torch's default for matmuls is IEEE
+        cudnn = effective("cudnn.conv", "cudnn", "default")
+        cudnn = True if cudnn is None else cudnn  # and for cuDNN convolutions TF32
+    else:
+        matmul, cudnn = r.get("cuda_matmul_allow_tf32"), r.get("cudnn_allow_tf32")
+    off = override is not None and override.strip() == "0"
+    r["tf32_matmul"] = None if matmul is None else (bool(matmul) and not off)
+    r["tf32_cudnn"] = None if cudnn is None else (bool(cudnn) and not off)
 
 
 def write_report():

@@ -13,6 +13,14 @@ What it records (``ENVKIT_TRACE``):
 * always step 0 (the parameters before the first update, taken in a pre-step hook: the initialisation) and a
   ``final`` record (when the optimizer is released or the process exits normally).
 
+``ENVKIT_TRACE_STEPS=A-B`` adds every step from A to B (both included) to that schedule, or makes the schedule with
+``ENVKIT_TRACE`` unset: the runs that pin a divergence down to its exact step (``envkit replay``, ``envkit diff
+--pin``) record the bracket their originals left this way.
+
+Step numbers count optimizer steps: step 0 is the parameters before the first ``optimizer.step()``, step k the
+parameters right after the k-th. A difference first seen at step k arose in the work between the (k-1)-th and the k-th
+``step()`` call (that step's forward, backward and update), which is the window an op trace of step k records.
+
 The digest is zlib's CRC-32 of the tensor's bytes (about 5 GB/s; blake2b does 0.8). It detects a change, it does not
 authenticate: two different tensors share a CRC with probability 2**-32, and a divergence shows in every later
 record anyway. Gradients are recorded too when ``ENVKIT_TRACE_GRADS=1``.
@@ -28,7 +36,7 @@ steps an optimizer claims its own, created exclusively on its first record: ``tr
 processes (a fork child that trains, a second training subprocess). Processes that never step (DataLoader workers)
 write nothing. Lines::
 
-    {"envkit_trace": 1, "digest": "crc32", "interval": 10, "grads": false, "pid": 7, "rank": null, "torch": "2.13.0"}
+    {"envkit_trace": 1, "digest": "crc32", "interval": 10, "window": null, "grads": false, "pid": 7, ...}
     {"optimizer": 0, "type": "SGD", "params": [["0.weight", "float32", [8, 4]], ...]}   (again if the set changes)
     {"opt": 0, "step": 0, "params": {"0.weight": "1f0c33a2", ...}}                      (+ "grads" when asked)
     {"opt": 0, "step": 10, "params": {...}}
@@ -43,6 +51,7 @@ Only the standard library (and :mod:`.state` for the variable names), and torch 
 :func:`install`.
 """
 
+import contextlib
 import ctypes
 import json
 import os
@@ -51,7 +60,7 @@ import time
 import weakref
 import zlib
 
-from .state import ENV_REPORT_DIR, ENV_TRACE, ENV_TRACE_FILE, ENV_TRACE_GRADS
+from .state import ENV_REPORT_DIR, ENV_TRACE, ENV_TRACE_FILE, ENV_TRACE_GRADS, ENV_TRACE_STEPS, env_rank
 
 FORMAT_VERSION = 1
 DIGEST = "crc32"
@@ -62,10 +71,11 @@ DEFAULT_FILE_NAME = "trace.jsonl"
 
 
 class _Config:
-    def __init__(self, interval, path, grads):
-        self.interval = interval  # int >= 1, or AUTO
+    def __init__(self, interval, path, grads, window):
+        self.interval = interval  # int >= 1, AUTO, or None (the window alone)
         self.path = path
         self.grads = grads
+        self.window = window  # (first, last) steps recorded whatever the interval, or None
 
 
 class _Out:
@@ -86,7 +96,7 @@ class _OptState:
         self.generation = _generation
         self.step = 0
         self.auto = interval == AUTO
-        self.interval = 1 if self.auto else interval
+        self.interval = 1 if self.auto else interval  # None: no periodic records (a window alone)
         self.t_start = time.perf_counter()
         self.spent = 0.0
         self.named = []  # [(name, tensor)] as of the last record; strong refs that die with the optimizer
@@ -107,7 +117,7 @@ _warned = set()
 
 
 # --- public ----------------------------------------------------------------------------------------------------------
-def install(torch, interval=None, path=None, grads=None):
+def install(torch, interval=None, path=None, grads=None, window=None):
     """Register the global optimizer step hooks and the module registry; once per process.
 
     Call it before the job builds its modules (the bootstrap does, right after torch is imported): parameters of
@@ -118,15 +128,24 @@ def install(torch, interval=None, path=None, grads=None):
         interval: a positive step interval or ``"auto"``; default ``ENVKIT_TRACE``.
         path: the trace file; default ``ENVKIT_TRACE_FILE``, else ``$ENVKIT_REPORT_DIR/trace.jsonl``.
         grads: also digest gradients; default ``ENVKIT_TRACE_GRADS == "1"``.
+        window: ``(first, last)`` or ``"first-last"``: also record every step from first to last; default
+            ``ENVKIT_TRACE_STEPS``. With a window the interval may be None (or ``ENVKIT_TRACE`` unset).
 
     Raises:
-        ValueError: a bad interval, or no file to write to. (The bootstrap turns this into a one-line warning.)
+        ValueError: a bad interval or window, or no file to write to. (The bootstrap turns this into a one-line
+            warning.)
     """
     global _config, _torch, _out, _next_index, _generation
     if getattr(torch, "_envkit_trace", None) is not None:
         return  # installed already (by the in-image copy or the host copy of this package)
     env = os.environ
-    interval = parse_interval(env.get(ENV_TRACE, "") if interval is None else interval)
+    if window is None:
+        window = env.get(ENV_TRACE_STEPS, "").strip() or None
+    window = parse_window(window) if window is not None else None
+    if interval is None:
+        interval = env.get(ENV_TRACE, "").strip()
+        interval = None if window is not None and interval in ("", "0", "off") else interval
+    interval = parse_interval(interval) if interval is not None else None
     if path is None:
         path = env.get(ENV_TRACE_FILE) or (os.path.join(env[ENV_REPORT_DIR], DEFAULT_FILE_NAME)
                                            if env.get(ENV_REPORT_DIR) else None)
@@ -134,7 +153,7 @@ def install(torch, interval=None, path=None, grads=None):
         raise ValueError(f"no trace file: set {ENV_TRACE_FILE}")
     if grads is None:
         grads = env.get(ENV_TRACE_GRADS, "").strip() == "1"
-    _config = _Config(interval, os.path.abspath(path), bool(grads))
+    _config = _Config(interval, os.path.abspath(path), bool(grads), window)
     _torch = torch
     _out, _next_index, _generation = _Out(), 0, _generation + 1
     _states.clear()
@@ -179,25 +198,110 @@ def parse_interval(value):
     return interval
 
 
+def parse_window(value):
+    """``ENVKIT_TRACE_STEPS``'s value (``"4-8"``) or a pair as ``(first, last)`` with ``0 <= first <= last``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    try:
+        first, last = (value.split("-", 1) if isinstance(value, str) else value)
+        first, last = int(str(first).strip(), 10), int(str(last).strip(), 10)
+    except (TypeError, ValueError):
+        first = last = -1
+    if not 0 <= first <= last:
+        raise ValueError(f"{ENV_TRACE_STEPS}={value!r} is not a step range FIRST-LAST with 0 <= FIRST <= LAST")
+    return first, last
+
+
 def digest(tensor):
     """CRC-32 of a tensor's bytes as 8 hex digits (a copy to the CPU first when it lives elsewhere)."""
+    t = _dense(tensor)
+    if isinstance(t, str):
+        return t
+    if t.device.type != "cpu":
+        t = t.cpu()
+    return _crc(t.data_ptr(), t.numel() * t.element_size())
+
+
+def digest_many(tensors, stage=False):
+    """:func:`digest` of each tensor, with the copies off a GPU batched.
+
+    Copying each parameter to the host alone costs a synchronisation per parameter; here the tensors on CUDA
+    devices are copied with ``non_blocking`` into one pinned staging buffer of :data:`STAGE_BYTES`, and the
+    devices synchronised once per full buffer. The digests are those :func:`digest` gives. ``stage=True`` takes
+    CPU tensors through the staging path too (the tests check it against :func:`digest` on a machine without a GPU).
+    """
+    out = [None] * len(tensors)
+    batch, used = [], 0
+    for i, tensor in enumerate(tensors):
+        t = _dense(tensor)
+        if isinstance(t, str):
+            out[i] = t
+            continue
+        nbytes = t.numel() * t.element_size()
+        if nbytes > STAGE_BYTES or not (t.device.type == "cuda" or stage) or t.dim() == 0:
+            out[i] = digest(t)
+            continue
+        if used + nbytes > STAGE_BYTES:
+            _flush(batch, out)
+            batch, used = [], 0
+        batch.append((i, t, used, nbytes))
+        used += nbytes
+    _flush(batch, out)
+    return out
+
+
+STAGE_BYTES = 64 << 20
+_stage = None
+
+
+def _flush(batch, out):
+    """Copy a batch of tensors into the staging buffer, wait for their devices once, and digest each slice."""
+    global _stage
+    if not batch:
+        return
+    torch = _torch or sys.modules["torch"]
+    if _stage is None:
+        pinned = torch.cuda.is_available()
+        _stage = torch.empty(STAGE_BYTES, dtype=torch.uint8, pin_memory=pinned)
+    devices = set()
+    try:
+        for _i, t, offset, nbytes in batch:
+            _stage[offset:offset + nbytes].copy_(t.reshape(-1).view(torch.uint8), non_blocking=True)
+            if t.device.type == "cuda":
+                devices.add(t.device)
+        for device in devices:
+            torch.cuda.synchronize(device)
+    except Exception:  # noqa: BLE001 - a dtype that cannot be viewed as bytes: one copy each, as digest() does
+        for i, t, _offset, _nbytes in batch:
+            out[i] = digest(t)
+        return
+    base = _stage.data_ptr()
+    for i, _t, offset, nbytes in batch:
+        out[i] = _crc(base + offset, nbytes)
+
+
+def _dense(tensor):
+    """The tensor as contiguous dense memory on its device, or a digest string for what has no bytes here."""
     t = tensor.detach()
     to_local = getattr(t, "to_local", None)  # a DTensor: this rank's shard
     if to_local is not None:
         t = to_local()
     if t.device.type == "meta":
         return "meta"
-    if t.device.type != "cpu":
-        t = t.cpu()
     if t.is_sparse:
         t = t.to_dense()
     if not t.is_contiguous():
         t = t.contiguous()
-    nbytes = t.numel() * t.element_size()
+    return t
+
+
+def _crc(address, nbytes):
     if nbytes == 0:
         return "00000000"
     # Read the bytes where they are: no numpy round trip (bfloat16 has no numpy dtype) and no copy.
-    buffer = (ctypes.c_char * nbytes).from_address(t.data_ptr())
+    buffer = (ctypes.c_char * nbytes).from_address(address)
     return f"{zlib.crc32(buffer):08x}"
 
 
@@ -262,7 +366,9 @@ def _post_step(optimizer, _args, _kwargs):
     if state is None or state.failed:
         return
     state.step += 1
-    if state.step % state.interval:
+    due = state.interval is not None and state.step % state.interval == 0
+    window = _config.window
+    if not due and (window is None or not window[0] <= state.step <= window[1]):
         return
     try:
         _record(optimizer, state)
@@ -270,7 +376,7 @@ def _post_step(optimizer, _args, _kwargs):
         state.failed = True
         _warn_once("step", f"step trace disabled for an optimizer ({type(exc).__name__}: {exc})")
         return
-    if state.auto:
+    if state.auto and due:
         elapsed = time.perf_counter() - state.t_start
         if state.spent > AUTO_BUDGET * elapsed:
             state.interval *= 2
@@ -313,18 +419,24 @@ def _record(optimizer, state):
 
 
 def _digests(named, grads):
-    out = {"params": {name: digest(p) for name, p in named}}
-    if grads:
-        out["grads"] = {name: (None if p.grad is None else digest(p.grad)) for name, p in named}
+    names = [name for name, _ in named]
+    with _not_op_traced():
+        out = {"params": dict(zip(names, digest_many([p for _, p in named])))}
+        if grads:
+            with_grad = [(name, p.grad) for name, p in named if p.grad is not None]
+            found = dict(zip([n for n, _ in with_grad], digest_many([g for _, g in with_grad])))
+            out["grads"] = {name: found.get(name) for name in names}
     return out
 
 
+def _not_op_traced():
+    """The op trace's window may be open while the step trace digests (its hooks run inside the traced step): the
+    ops of the digests (``detach``, ``contiguous``) are envkit's, not the job's, and stay out of the op trace."""
+    optrace = sys.modules.get(f"{__package__}.optrace")
+    return optrace.suspended() if optrace is not None else contextlib.nullcontext()
+
+
 # --- the file --------------------------------------------------------------------------------------------------------
-def _rank():
-    value = os.environ.get("RANK", "").strip()
-    return int(value) if value.isdigit() else None
-
-
 def file_name(base, rank=None, n=0):
     """A process's trace file: ``trace.jsonl``, ``trace.rank1.jsonl``, ``trace.2.jsonl``, ``trace.rank1.2.jsonl``."""
     stem, dot, suffix = base.rpartition(".")
@@ -337,7 +449,7 @@ def file_name(base, rank=None, n=0):
 def _claim():
     directory, base = os.path.split(_config.path)
     os.makedirs(directory or ".", exist_ok=True)
-    rank = _rank()
+    rank = env_rank()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
     for n in range(1000):
         path = os.path.join(directory, file_name(base, rank, n))
@@ -348,7 +460,7 @@ def _claim():
         _out.pid, _out.fd, _out.path = os.getpid(), fd, path
         torch_version = getattr(_torch, "__version__", None)
         _write({"envkit_trace": FORMAT_VERSION, "digest": DIGEST, "interval": _config.interval,
-                "grads": _config.grads, "pid": os.getpid(), "rank": rank, "torch": torch_version})
+                "window": list(_config.window) if _config.window else None, "grads": _config.grads, "pid": os.getpid(), "rank": rank, "torch": torch_version})
         return
     raise OSError(f"no free trace file name next to {_config.path}")
 

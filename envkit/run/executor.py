@@ -36,9 +36,12 @@ from envkit import cpuprofile
 from envkit.engine import Container, ContainerSpec, Engine, GpuRequest, Mount
 from envkit.errors import EnvkitError, InputChangedError, JobError
 from envkit.manifest import ManifestEntry, manifest, outputs_between
+from envkit.run import gpus as job_gpus
+from envkit.run.container import without_ulimits
 from envkit.run.inputs import Progress, UpstreamInput, is_mount_point, make_mount_points, remove_mount_points
 from envkit.run.processes import count_processes
 from envkit.run.snapshot import git_info, list_project, snapshot
+from envkit.run.tracing import trace_environment
 from envkit.settings import (
     CONTAINER_META,
     CONTAINER_OUTPUT,
@@ -51,8 +54,6 @@ from envkit.settings import (
     ENV_RUN_ID,
     ENV_SEED,
     ENV_THREADS,
-    ENV_TRACE,
-    ENV_TRACE_FILE,
     JOB_HOSTNAME,
     JOB_UID,
     LABEL_RUN,
@@ -81,9 +82,9 @@ class JobSpec:
     determinism: str
     threads: int
     cpu_profile: str
-    gpus: str = "none"  # all | none | N
+    gpus: str = "none"  # all | none | N | device=ID,... (envkit.run.gpus)
     mounts: list[Mount] = field(default_factory=list)
-    trace: str = "off"  # off | auto | N (optimizer steps between parameter digests)
+    trace: str = "off"  # what the job traces: off | auto | N, and more (envkit.run.tracing)
     extra_env: dict[str, str] = field(default_factory=dict)
     network: str = "none"
     lock: LockInfo | None = None
@@ -96,10 +97,16 @@ class JobSpec:
     lock_text: str | None = None  # the lockfile's text, kept beside the record
     memory: str | None = None  # container memory limit (docker syntax, e.g. 4g)
     notes: list[str] = field(default_factory=list)  # carried into the record (replay: how the image was had)
+    pin_for: list[str] = field(default_factory=list)  # a pin run: the two runs whose parting it reruns to pin down
     user: str | None = None  # uid:gid inside the container; default: the invoking user, or JOB_UID when it is root
     argv: list[str] | None = None  # `envkit run -- COMMAND ARGS`: run this instead of `python SCRIPT ARGS`
     upstream: list[UpstreamInput] = field(default_factory=list)  # --input: earlier runs' outputs (envkit.run.inputs)
     ignore: list[str] = field(default_factory=list)  # gitignore patterns left out of the snapshot (project config)
+    shm_size: str | None = None  # /dev/shm (docker syntax); envkit.run.container picks the default
+    ipc: str | None = None  # private | shareable | host
+    ulimits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    env_file: str | None = None  # where some of extra_env came from (recorded; never snapshotted)
+    cuda: str | None = None  # the CUDA version the image needs (checked against the driver before a GPU job)
     sweep: dict[str, Any] | None = None  # {"id", "index"}: the run is one seed of a sweep (envkit.sweep)
     scheduler: dict[str, str] | None = None  # a batch scheduler's ids for the record (Slurm job, task, node)
 
@@ -134,17 +141,18 @@ def job_environment(job: JobSpec, run_id: str) -> dict[str, str]:
         "LOGNAME": "envkit",
     }
     env.update(cpuprofile.profile_env(job.cpu_profile, job.threads))
-    if job.trace != "off":
-        env[ENV_TRACE] = job.trace
-        env[ENV_TRACE_FILE] = f"{CONTAINER_META}/trace.jsonl"
+    if job.gpus == "none":
+        # Docker adds NVIDIA_VISIBLE_DEVICES only with a device request; without one, an image that sets it to "all"
+        # still gets every GPU under a default nvidia runtime. "void" is what Docker itself sets for a request of 0.
+        env["NVIDIA_VISIBLE_DEVICES"] = "void"
+    env.update(trace_environment(job.trace, CONTAINER_META))
     env.update(job.extra_env)
     return env
 
 
 def gpu_request(gpus: str) -> GpuRequest | None:
-    if gpus == "none":
-        return None
-    return GpuRequest(count=-1 if gpus == "all" else int(gpus))
+    """The engine's device request for a ``--gpus`` value (see :func:`envkit.run.gpus.gpu_request`)."""
+    return job_gpus.gpu_request(gpus)
 
 
 def hash_inputs(mounts: list[Mount], progress: Progress | None = None) -> list[ManifestEntry]:
@@ -207,6 +215,8 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
     t0 = time.monotonic()
     sink = sink or Sink(sys.stdout.buffer, sys.stderr.buffer)
     fingerprint = fingerprint or host_fingerprint(engine)
+    host_gpus = fingerprint.get("gpus") or {}
+    fingerprint = {**fingerprint, "gpus": job_gpus.job_section(host_gpus, job.gpus)}  # the job's GPUs, not the host's
     cpuprofile.require_baseline(job.cpu_profile, (fingerprint.get("host") or {}).get("cpu_flags"))
     inputs = sorted(hash_inputs(job.mounts, progress) + [e for u in job.upstream for e in u.entries],
                     key=lambda e: e.path)
@@ -224,7 +234,9 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
         lock=job.lock, inputs=inputs, replay_of=job.replay_of, platform_mismatch=job.platform_mismatch,
         mounts=[{"source": str(m.source), "target": m.target} for m in job.mounts], trace=job.trace,
         memory=job.memory, notes=list(job.notes), network=job.network, host_pid=os.getpid(),
-        host_pid_start=process_start(os.getpid()), sweep=job.sweep, scheduler=job.scheduler,
+        host_pid_start=process_start(os.getpid()), gpus=job.gpus, shm_size=job.shm_size, ipc=job.ipc,
+        ulimits={k: list(v) for k, v in job.ulimits.items()}, user_explicit=job.user is not None,
+        env_file=job.env_file, pin_for=list(job.pin_for), sweep=job.sweep, scheduler=job.scheduler,
     )
     record.timings = Timings(build_s=job.build_s)
     user = job.user or (f"{JOB_UID}:{JOB_UID}" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}")
@@ -246,13 +258,27 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
                 *[Mount(m.source, m.target, read_only=True) for m in input_mounts]],
         user=user, network=job.network, labels={LABEL_RUN: run_id}, gpus=gpu_request(job.gpus), memory=job.memory,
         cap_drop=("ALL",), security_opt=("no-new-privileges",), pids_limit=PIDS_LIMIT, hostname=JOB_HOSTNAME,
+        shm_size=job.shm_size, ipc=job.ipc, ulimits=dict(job.ulimits),
     )
     status, exit_code, failure = "failed", None, None
     t_run = time.monotonic()
     container = None
     try:
+        job_gpus.check(job.gpus, host_gpus, job.cuda, replay=job.replay_of is not None)  # before the engine tries
         container = engine.create(spec)
-        status, exit_code = _run_container(container, layout, sink, on_started, run_id)
+        try:
+            status, exit_code = _run_container(container, layout, sink, on_started, run_id)
+        except JobError as exc:
+            fallback = without_ulimits(spec, exc.message)  # an engine that may not raise memlock: its own limits
+            if fallback is None:
+                raise
+            container.remove()
+            container = None
+            record.notes.append(f"the engine refused the ulimits {', '.join(spec.ulimits)} ({exc.message}); the job "
+                                "ran with the engine's own")
+            record.ulimits = {}
+            container = engine.create(fallback)
+            status, exit_code = _run_container(container, layout, sink, on_started, run_id)
     except JobError as exc:
         failure = exc
         record.notes.append(f"the job's container could not run: {exc.message}")
@@ -262,7 +288,7 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
         record.timings.run_s = round(time.monotonic() - t_run, 3)
         remove_mount_points(mount_points)
         _finish(engine, store, record, layout, work, env, status, exit_code, t0, job.build_s,
-                before_final_write if failure is None else None, input_mounts, progress)
+                before_final_write if failure is None else None, input_mounts, progress, probe=failure is None)
     if failure is not None:
         failure.run_id = record.run_id  # type: ignore[attr-defined] - `envkit run --json` names the failed run
         raise failure
@@ -280,7 +306,9 @@ def _prepare(job: JobSpec, layout: RunLayout, store: FileStore, record: RunRecor
         files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_symlink() or p.is_file())
         code = snapshot(src, layout.work, files=files, on_progress=advance)
     else:
-        listing = list_project(job.project, exclude_dirs=[store.root], ignore=job.ignore)
+        # An --env-file inside the project holds the secrets the record redacts: never into the snapshot.
+        listing = list_project(job.project, exclude_dirs=[store.root, *([job.env_file] if job.env_file else [])],
+                               ignore=job.ignore)
         if listing.warning:
             record.notes.append(listing.warning)
             if on_warning is not None:
@@ -314,8 +342,9 @@ def _hand_over(layout: RunLayout, user: str) -> None:
 def _finish(engine: Engine, store: FileStore, record: RunRecord, layout: RunLayout, work: Any, env: dict[str, str],
             status: str, exit_code: int | None, t0: float, build_s: float | None,
             before_final_write: Callable[[RunRecord], None] | None, mounts: list[Mount] = (),
-            progress: Progress | None = None) -> None:
-    """Outputs, reports, the container's software and the final status: the record's last write."""
+            progress: Progress | None = None, probe: bool = True) -> None:
+    """Outputs, reports, the container's software (``probe``: not for a job that never ran) and the final status:
+    the record's last write."""
     try:
         after = manifest(layout.work, exclude=OUTPUT_EXCLUDE, previous=work,
                          on_progress=progress("hashing outputs", 0) if progress else None)
@@ -331,8 +360,10 @@ def _finish(engine: Engine, store: FileStore, record: RunRecord, layout: RunLayo
     record.notes += metric_notes
     record.bootstrap = _bootstrap_reports(layout.meta)
     record.processes, record.world_size = count_processes(record.bootstrap)
-    record.fingerprint.container = container_software(engine, store, record.image.id or "", env, record.bootstrap,
-                                                      record.fingerprint.host)
+    if probe:
+        record.fingerprint.container = container_software(engine, store, record.image.id or "", env,
+                                                          record.bootstrap, record.fingerprint.host, gpus=record.gpus,
+                                                          job_gpus_section=record.fingerprint.gpus)
     record.status = status
     record.exit_code = exit_code
     record.finished = utc_now()
@@ -396,33 +427,40 @@ def _bootstrap_reports(meta_dir: Path) -> list[dict[str, Any]]:
 
 
 def container_software(engine: Engine, store: FileStore, image_id: str, env: dict[str, str],
-                       reports: list[dict[str, Any]], host: dict[str, Any]) -> dict[str, Any]:
+                       reports: list[dict[str, Any]], host: dict[str, Any], gpus: str = "none",
+                       job_gpus_section: dict[str, Any] | None = None) -> dict[str, Any]:
     """The software inside the container (Python, torch, CUDA, cuDNN, NCCL, numpy, MKL, oneDNN, ATen capability,
     threads) as the job saw it.
 
-    The probe runs once per image, host CPU and dispatch environment, and is cached in the store: it imports torch,
-    which a job that never does should not pay for on every run. The main process's bootstrap report adds what the
-    job itself had in effect.
+    The probe runs once per image, host CPU, GPUs and dispatch environment, and is cached in the store: it imports
+    torch, which a job that never does should not pay for on every run. It gets the job's GPU request, so it sees
+    the job's devices (CUDA, arch list, SM counts); the cache key holds the request and those devices. The main
+    process's bootstrap report adds what the job itself had in effect.
     """
+    if not image_id:  # nothing ran (a GPU check refused the job before any container)
+        return {}
     dispatch = {k: v for k, v in sorted(env.items()) if not k.startswith("ENVKIT_") and k != "PYTHONHASHSEED"}
     cpu = [host.get("cpu_vendor"), host.get("cpu_model"), host.get("cpu_flags")]
-    key_src = json.dumps({"image": image_id, "cpu": cpu, "env": dispatch}, sort_keys=True)
+    devices = [[d.get("uuid"), d.get("name"), d.get("sm_count")] for d in (job_gpus_section or {}).get("devices") or []]
+    key_src = json.dumps({"image": image_id, "cpu": cpu, "env": dispatch,
+                          **({"gpus": gpus, "devices": devices} if gpus != "none" else {})}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
     section = store.read_probe(key)
     if section is None:
-        section = probe_image(engine, image_id, dispatch)
+        section = probe_image(engine, image_id, dispatch, gpus)
         if section and "error" not in section:
             store.write_probe(key, section)
     main = next((r for r in reports if r.get("role") == "main"), None)
     if main is not None:
         keys = ("torch_version", "torch_git_version", "cpu_capability", "torch_num_threads",
-                "torch_num_interop_threads", "deterministic_algorithms", "cudnn_deterministic", "libraries")
+                "torch_num_interop_threads", "deterministic_algorithms", "cudnn_deterministic", "libraries",
+                "tf32_matmul", "tf32_cudnn")
         section = {**section, "job": {k: main.get(k) for k in keys}}
     return section
 
 
 def run_tool(engine: Engine, image_id: str, tool: str, args: list[str], mounts: list[Mount],
-             env: dict[str, str] | None = None) -> dict[str, Any]:
+             env: dict[str, str] | None = None, gpus: GpuRequest | None = None) -> dict[str, Any]:
     """Run one of the in-job helper scripts (``probe.py``, ``tensordiff.py``) in an image and parse its JSON line.
 
     The script is mounted read-only, so it works in any image with a Python, envkit-built or not.
@@ -435,14 +473,15 @@ def run_tool(engine: Engine, image_id: str, tool: str, args: list[str], mounts: 
     script = injob_file(tool)
     spec = ContainerSpec(image=image_id, command=["python", f"{CONTAINER_TOOLS}/{tool}", *args],
                          env={"PYTHONDONTWRITEBYTECODE": "1", **(env or {})}, network="none",
-                         mounts=[Mount(script, f"{CONTAINER_TOOLS}/{tool}"), *mounts], labels={LABEL_RUN: "tool"})
+                         mounts=[Mount(script, f"{CONTAINER_TOOLS}/{tool}"), *mounts], labels={LABEL_RUN: "tool"},
+                         gpus=gpus)
     try:
         return json.loads(engine.run_output(spec).decode())
     except (EnvkitError, ValueError, UnicodeDecodeError) as exc:
         return {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {str(exc)[:200]}"}
 
 
-def probe_image(engine: Engine, image_id: str, env: dict[str, str]) -> dict[str, Any]:
+def probe_image(engine: Engine, image_id: str, env: dict[str, str], gpus: str = "none") -> dict[str, Any]:
     """The in-container software probe (envkit/injob/probe.py) run in ``image_id`` with the job's dispatch
-    environment."""
-    return run_tool(engine, image_id, "probe.py", [], [], env)
+    environment and GPU request."""
+    return run_tool(engine, image_id, "probe.py", [], [], env, gpus=gpu_request(gpus))

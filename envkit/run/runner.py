@@ -9,13 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from envkit.engine import Engine
-from envkit.errors import CpuProfileError, JobError, ScriptNotFoundError
+from envkit.errors import CpuProfileError, GpuError, JobError, ScriptNotFoundError
+from envkit.fingerprint import host_fingerprint
+from envkit.run import container as ctr
+from envkit.run import gpus as job_gpus
 from envkit.run.executor import JobSpec, Sink, execute
-from envkit.run.images import resolve_image
+from envkit.run.images import ResolvedImage, resolve_image
 from envkit.run.inputs import Progress, resolve_input
 from envkit.run.mounts import parse_mount
+from envkit.run.tracing import resolve_ops_step
 from envkit.settings import DEFAULT_CPU_PROFILE, DEFAULT_DETERMINISM, DEFAULT_THREADS, DEFAULT_TRACE, NETWORK_MODES
 from envkit.store.filestore import FileStore
 from envkit.store.record import RunRecord
@@ -35,7 +40,7 @@ class RunRequest:
     gpus: str = "none"
     cpu_profile: str | None = None  # None: the image's own profile, else native
     mounts: list[str] = field(default_factory=list)  # SRC:DST
-    trace: str = DEFAULT_TRACE
+    trace: str = DEFAULT_TRACE  # envkit.run.tracing: auto | off | N, ops:STEP ...
     network: str = "none"
     env: dict[str, str] = field(default_factory=dict)
     memory: str | None = None
@@ -44,6 +49,10 @@ class RunRequest:
     argv: list[str] | None = None  # `-- COMMAND ARGS`: any command on the image's PATH instead of `python SCRIPT`
     inputs: list[str] = field(default_factory=list)  # RUN:PATH[:DEST], earlier runs' outputs (envkit.run.inputs)
     ignore: list[str] = field(default_factory=list)  # gitignore patterns left out of the snapshot
+    shm_size: str | None = None  # default: half the job's memory (envkit.run.container)
+    ipc: str | None = None  # private (default) | shareable | host
+    env_file: Path | None = None  # Docker-style KEY=VALUE file; --env wins over it
+    user: str | None = None  # UID[:GID]; default: the invoking user (an unprivileged uid for root)
 
 
 def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None = None,
@@ -59,15 +68,20 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
         CpuProfileError (a profile other than the image's), UpstreamError and InputChangedError (an --input), and
         what building the image raises.
     """
-    return execute(engine, store, job_spec(engine, store, request, progress), sink=sink, on_started=on_started,
-                   on_warning=on_warning, progress=progress)
+    host = host_fingerprint(engine)
+    return execute(engine, store, job_spec(engine, store, request, host, progress), sink=sink, on_started=on_started,
+                   on_warning=on_warning, progress=progress, fingerprint=host)
 
 
-def job_spec(engine: Engine, store: FileStore, request: RunRequest, progress: Progress | None = None) -> JobSpec:
+def job_spec(engine: Engine, store: FileStore, request: RunRequest, host: dict[str, Any],
+             progress: Progress | None = None) -> JobSpec:
     """The job a request runs, its image found or built (a sweep makes it once for all its seeds).
 
+    Args:
+        host: this host's fingerprint (:func:`envkit.fingerprint.host_fingerprint`), taken once by the caller.
+
     Raises:
-        As :func:`run`, before anything runs.
+        As :func:`run`, before anything runs; a GPU check that fails is left to the executor, which records it.
     """
     project = Path(request.project)
     if request.network not in NETWORK_MODES:
@@ -78,8 +92,25 @@ def job_spec(engine: Engine, store: FileStore, request: RunRequest, progress: Pr
     script = check_script(project, request.script) if request.argv is None else ""
     mounts = [parse_mount(m) for m in request.mounts]
     upstream = [resolve_input(store, text, progress) for text in request.inputs]
-    resolved = resolve_image(engine, project, request.lock, request.image,
-                             request.cpu_profile or DEFAULT_CPU_PROFILE, progress=progress)
+    try:
+        gpus = job_gpus.parse_gpus(request.gpus)
+    except ValueError as exc:
+        raise GpuError(f"--gpus {exc}") from None
+    settings = ctr.container_settings(gpus, request.memory, request.shm_size, request.ipc, request.user,
+                                      (host.get("host") or {}).get("memory_bytes"))
+    env_file = Path(request.env_file).absolute() if request.env_file else None
+    ctr.check_job_env(request.env)
+    env = {**(ctr.read_env_file(env_file) if env_file else {}), **request.env}
+    # The GPU check comes before the image: a CUDA image of several GB is not built for a host that cannot run it.
+    # A refusal still goes through the executor, which records the run as failed.
+    cuda = job_gpus.request_cuda(engine, request.lock, request.image) if gpus != "none" else None
+    try:
+        job_gpus.check(gpus, host.get("gpus") or {}, cuda)
+        resolved = resolve_image(engine, project, request.lock, request.image,
+                                 request.cpu_profile or DEFAULT_CPU_PROFILE, progress=progress)
+    except GpuError:  # nothing is built for a job that cannot run here; an --image given is still recorded
+        resolved = (resolve_image(engine, project, None, request.image, DEFAULT_CPU_PROFILE) if request.image
+                    else ResolvedImage("", None, [], None, None, None))
     # An --image already carries its profile's ENV; a different one for the run would be recorded but not in effect.
     cpu_profile = request.cpu_profile or resolved.cpu_profile or DEFAULT_CPU_PROFILE
     if resolved.cpu_profile and resolved.cpu_profile != cpu_profile:
@@ -89,10 +120,13 @@ def job_spec(engine: Engine, store: FileStore, request: RunRequest, progress: Pr
     return JobSpec(
         project=project, script=script, args=list(request.args), image_id=resolved.id, image_ref=resolved.ref,
         image_digests=resolved.digests, seed=request.seed, determinism=request.determinism, threads=request.threads,
-        cpu_profile=cpu_profile, gpus=request.gpus, mounts=mounts, trace=request.trace, network=request.network,
+        cpu_profile=cpu_profile, mounts=mounts, network=request.network,
+        trace=resolve_ops_step(request.trace, store, script),
         lock=resolved.lock, command=list(request.command), build_s=resolved.build_s, lock_text=resolved.lock_text,
-        extra_env=dict(request.env), memory=request.memory, argv=list(request.argv) if request.argv else None,
-        upstream=upstream, ignore=list(request.ignore),
+        extra_env=env, memory=request.memory, argv=list(request.argv) if request.argv else None,
+        upstream=upstream, ignore=list(request.ignore), gpus=gpus, shm_size=settings.shm_size, ipc=settings.ipc,
+        ulimits=settings.ulimits, user=settings.user, env_file=str(env_file) if env_file else None,
+        cuda=job_gpus.image_cuda(engine, resolved.id, resolved.lock_text) if resolved.id else cuda,
     )
 
 

@@ -137,11 +137,18 @@ class RunRecord:
     platform_mismatch: bool = False
     notes: list[str] = field(default_factory=list)
     mounts: list[dict[str, str]] = field(default_factory=list)  # [{"source": host path, "target": container path}]
-    trace: str = "off"  # step-trace interval: off | auto | N
+    trace: str = "off"  # what the job traced: off | auto | N, steps:A-B, ops:K ... (envkit.run.tracing)
     memory: str | None = None  # container memory limit
     verdict: dict[str, Any] | None = None  # replays: IDENTICAL / DIVERGED / FAILED and the evidence
     network: str = "none"  # the container's network: none or bridge
     user: str | None = None  # uid:gid the job ran as
+    # Container settings (envkit.run.container, envkit.run.gpus); a replay uses them. None: an older record.
+    gpus: str = "none"  # the GPU request: all, none, N or device=ID,...
+    shm_size: str | None = None  # /dev/shm size (docker syntax); None with --ipc host
+    ipc: str | None = None  # private | shareable | host
+    ulimits: dict[str, list[int]] = field(default_factory=dict)  # name -> [soft, hard]; -1 = unlimited
+    user_explicit: bool = False  # the user came from --user (a replay keeps it), not from envkit's default rule
+    env_file: str | None = None  # --env-file, absolute: a replay reads the variables redacted here from it again
     host_pid: int | None = None  # the envkit process that ran it, and that process's start time (clock ticks):
     host_pid_start: int | None = None  # a `running` record whose process is gone was abandoned
     argv: list[str] = field(default_factory=list)  # the job's command in the container (`python SCRIPT ARGS` or
@@ -149,6 +156,7 @@ class RunRecord:
     world_size: int | None = None  # torch.distributed world size seen by the job's processes (1: not distributed)
     processes: int | None = None  # Python processes the bootstrap seeded (one report each)
     upstream: list[Upstream] = field(default_factory=list)  # inputs taken from earlier runs' outputs
+    pin_for: list[str] = field(default_factory=list)  # a pin run: [A, B], the runs whose parting it reruns
     metrics: dict[str, float] | None = None  # the job's metrics.json (envkit.store.metrics); None: it wrote none
     sweep: dict[str, Any] | None = None  # {"id": sweep id, "index": i} for one seed of a sweep (envkit.store.sweeps)
     scheduler: dict[str, str] | None = None  # a batch scheduler's ids: backend, job and array task ids, node
@@ -185,6 +193,8 @@ class RunRecord:
     def job_argv(self) -> list[str]:
         """The command the job ran in its container (records older than ``argv``: ``python SCRIPT ARGS``)."""
         return list(self.argv) if self.argv else ["python", self.script or "", *self.args]
+        if any(not isinstance(i, str) or not RUN_ID_RE.fullmatch(i) for i in self.pin_for):
+            raise StoreError(f"record {self.run_id}: malformed pin_for {self.pin_for!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (manifest entries without ``link`` when they have none)."""

@@ -81,6 +81,12 @@ class SweepPlan:
     mounts: list[dict[str, str]] = field(default_factory=list)  # [{"source": host path, "target": container path}]
     env: dict[str, str] = field(default_factory=dict)
     project: str | None = None  # the folder the sweep was started from
+    # The container settings the submitting host settled (envkit.run.container), the same for every seed.
+    user: str | None = None
+    shm_size: str | None = None
+    ipc: str | None = None
+    ulimits: dict[str, list[int]] = field(default_factory=dict)
+    cuda: str | None = None  # the CUDA version the image needs (checked on each node before a GPU job)
 
 
 @dataclass

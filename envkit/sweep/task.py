@@ -38,7 +38,8 @@ def plan_of(job: JobSpec, code: CodeInfo, project: Path) -> SweepPlan:
         lock=job.lock, code=code, determinism=job.determinism, threads=job.threads, cpu_profile=job.cpu_profile,
         gpus=job.gpus, trace=job.trace, network=job.network, memory=job.memory,
         mounts=[{"source": str(m.source), "target": m.target} for m in job.mounts],
-        env=dict(job.extra_env), project=str(project),
+        env=dict(job.extra_env), project=str(project), user=job.user, shm_size=job.shm_size, ipc=job.ipc,
+        ulimits={k: list(v) for k, v in job.ulimits.items()}, cuda=job.cuda,
     )
 
 
@@ -60,6 +61,8 @@ def job_for_seed(sweep: SweepRecord, store: SweepStore, index: int, image_id: st
         network=plan.network, lock=plan.lock, command=list(sweep.command), code_source=layout.code,
         lock_text=layout.lock.read_text(encoding="utf-8") if layout.lock.is_file() else None, memory=plan.memory,
         sweep={"id": sweep.sweep_id, "index": index}, argv=list(plan.argv) if plan.argv else None,
+        user=plan.user, shm_size=plan.shm_size, ipc=plan.ipc,
+        ulimits={k: (int(v[0]), int(v[1])) for k, v in plan.ulimits.items() if len(v) == 2}, cuda=plan.cuda,
     )
 
 

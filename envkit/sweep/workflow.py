@@ -86,7 +86,13 @@ def start_sweep(engine: Engine, store: FileStore, request: SweepRequest, on_prog
     if request.backend == "local" and not request.wait:
         raise SweepError("a local sweep runs in this process: --no-wait needs --backend slurm",
                          hint="drop --no-wait, or submit to Slurm with --backend slurm")
-    job = job_spec(engine, store, request.run)
+    from envkit.fingerprint import host_fingerprint
+    from envkit.run import gpus as job_gpus
+
+    host = host_fingerprint(engine)
+    job = job_spec(engine, store, request.run, host)
+    if request.backend == "local":  # a run records a GPU refusal as a failed run; a sweep stops before any
+        job_gpus.check(job.gpus, host.get("gpus") or {}, job.cuda)
     if job.upstream:
         raise SweepError("--input is not supported in sweeps or on Slurm yet",
                          hint="--mount the earlier run's output folder (it is hashed as an input), or copy it into "
@@ -106,7 +112,7 @@ def start_sweep(engine: Engine, store: FileStore, request: SweepRequest, on_prog
         shutil.rmtree(sweeps.layout(sweep_id).root, ignore_errors=True)  # nothing half-written stays behind
         raise
     if backend is None:
-        backend = _backend(engine, store, request, job)
+        backend = _backend(engine, store, request, job, host)
     try:
         backend.submit(sweep)
     except BaseException:
@@ -176,15 +182,14 @@ def _freeze(store: FileStore, sweeps: SweepStore, sweep_id: str, request: SweepR
     return sweep
 
 
-def _backend(engine: Engine, store: FileStore, request: SweepRequest, job: Any) -> Backend:
+def _backend(engine: Engine, store: FileStore, request: SweepRequest, job: Any, host: dict[str, Any]) -> Backend:
     if request.backend == "slurm":
         from envkit.sweep.slurm_backend import SlurmBackend
 
         return SlurmBackend(store, request.slurm, secrets=job.extra_env)
-    from envkit.fingerprint import host_fingerprint
     from envkit.sweep.local import LocalBackend
 
-    return LocalBackend(engine, store, job.image_id, secrets=job.extra_env, fingerprint=host_fingerprint(engine))
+    return LocalBackend(engine, store, job.image_id, secrets=job.extra_env, fingerprint=host)
 
 
 def _backend_of(store: FileStore, sweep: SweepRecord) -> Backend:

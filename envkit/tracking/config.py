@@ -118,6 +118,10 @@ def preflight(settings: Tracking) -> str:
     return uri
 
 
+MLFLOW_OPTION_HELP = ("Export to MLflow when done; URI default: $MLFLOW_TRACKING_URI, then the project's mlflow "
+                      "setting. Tracker trouble is one warning, never the exit code.")
+
+
 def looks_like_tracking_uri(text: str) -> bool:
     """Whether a word after ``--mlflow`` is its URI (``scheme://...`` or ``databricks``) rather than the script."""
     return _URI.fullmatch(text) is not None

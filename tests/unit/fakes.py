@@ -4,6 +4,11 @@ A container's job is a Python function ``job(ctx) -> Outcome`` registered per im
 spec, its environment and the host folder behind each mount target, so a job reads its inputs and writes its outputs
 on the host exactly where the real container would. ``stop()`` (what Ctrl-C does) marks the container stopped; a
 job can look at ``ctx.stopped``. Helper scripts (``probe.py``, ``tensordiff.py``) get canned answers.
+
+GPUs: ``gpus=N`` plays a host whose NVIDIA container toolkit gives N devices; a container with a device request
+then starts when the request fits and fails at start (as the toolkit's hook does) when it does not; with
+``gpus=None`` (no toolkit) any device request fails at start with Docker's "could not select device driver".
+``nvidia-smi -L`` in a helper container lists the devices it was given.
 """
 
 from __future__ import annotations
@@ -71,6 +76,10 @@ class FakeEngine(Engine):
     create_error: str | None = None
     start_error: str | None = None
     probe: dict[str, Any] = field(default_factory=lambda: dict(PROBE))
+    gpus: int | None = None  # devices the NVIDIA hook gives; None: no NVIDIA container toolkit
+    ulimits_refused: bool = False  # an engine that may not raise ulimits (rootless, sandboxed): refused at start
+    gpu_name: str = "NVIDIA H100 80GB HBM3"
+    helpers: list[ContainerSpec] = field(default_factory=list)  # every helper container's spec (probe, nvidia-smi)
 
     name = "fake"
 
@@ -167,8 +176,36 @@ class FakeEngine(Engine):
             raise ImageNotFoundError(f"image {spec.image} not found")
         return FakeContainer(self, spec)
 
+    def gpu_refusal(self, spec: ContainerSpec) -> str | None:
+        """What the NVIDIA hook says when it cannot give a container its devices (None: it can, or none asked)."""
+        if spec.gpus is None:
+            return None
+        if self.gpus is None:
+            return 'could not select device driver "" with capabilities: [[gpu]]'
+        wanted = spec.gpus.device_ids or [str(i) for i in range(self.gpus if spec.gpus.count == -1
+                                                                else spec.gpus.count or 0)]
+        bad = [d for d in wanted if not (d.isdigit() and int(d) < self.gpus)]
+        if bad:
+            return (f"OCI runtime create failed: nvidia-container-cli: device error: {bad[0]}: unknown device: "
+                    "unknown")
+        return None
+
+    def given_gpus(self, spec: ContainerSpec) -> list[int]:
+        if spec.gpus is None or self.gpus is None:
+            return []
+        if spec.gpus.device_ids:
+            return [int(d) for d in spec.gpus.device_ids]
+        return list(range(self.gpus if spec.gpus.count == -1 else spec.gpus.count or 0))
+
     def run_output(self, spec: ContainerSpec) -> bytes:
         self.calls.append(("run_output", spec.command))
+        self.helpers.append(spec)
+        refusal = self.gpu_refusal(spec)
+        if refusal:
+            raise JobError(f"the job's container did not start: {refusal}")
+        if spec.command[:2] == ["nvidia-smi", "-L"]:
+            return "".join(f"GPU {i}: {self.gpu_name} (UUID: GPU-{i:08d}-0000-0000-0000-000000000000)\n"
+                           for i in self.given_gpus(spec)).encode()
         tool = spec.command[1].rsplit("/", 1)[-1] if len(spec.command) > 1 else ""
         if tool == "probe.py":
             return json.dumps(self.probe).encode()
@@ -197,6 +234,12 @@ class FakeContainer(Container):
     def start(self) -> Output:
         if self.engine.start_error:
             raise JobError(f"the job's container did not start: {self.engine.start_error}")
+        refusal = self.engine.gpu_refusal(self.spec)
+        if refusal:
+            raise JobError(f"the job's container did not start: {refusal}")
+        if self.engine.ulimits_refused and self.spec.ulimits:
+            raise JobError("the job's container did not start: OCI runtime create failed: error setting rlimits for "
+                           "ready process: error setting rlimit type 8: operation not permitted: unknown")
         job = self.engine.jobs.get(self.spec.image) or (lambda ctx: Outcome())
         return self._run(job)
 

@@ -160,7 +160,7 @@ def test_a_malformed_seed_range_is_one_line_with_a_hint_and_exit_16(argv, words,
 def test_sweep_commands_on_an_empty_store(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("ENVKIT_HOME", str(tmp_path / "store"))
     assert main(["sweeps", "--json"]) == 0 and json.loads(capsys.readouterr().out) == []
-    assert main(["sweep", "show", "20261130T101500123Z-3f9a1c2b"]) == 37
+    assert main(["sweep", "show", "20261130T101500123Z-3f9a1c2b"]) == 38
     assert main(["sweep", "status", "../../etc"]) == 16
     assert "malformed sweep id" in capsys.readouterr().err
 
@@ -171,7 +171,7 @@ def test_the_node_entry_point_reports_a_bad_sweep_as_the_cli_would(tmp_path, cap
     assert node_main(["--store", str(tmp_path), "../etc", "0"]) == 16
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("error: malformed sweep id") and err[1].startswith("hint: ")
-    assert node_main(["--store", str(tmp_path), "20261130T101500123Z-3f9a1c2b", "0"]) == 37
+    assert node_main(["--store", str(tmp_path), "20261130T101500123Z-3f9a1c2b", "0"]) == 38
 
 
 def test_mlflow_export_of_a_sweep_id_reads_the_sweep(submitted, monkeypatch, capsys):
