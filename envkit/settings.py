@@ -39,6 +39,7 @@ ENV_DEBUG = "ENVKIT_DEBUG"  # "1": the CLI shows tracebacks
 # "1": a lockfile's file:// URLs and bare paths are read as given. Without it a lock's local URL is only a hint, and
 # local wheels come from this host's pip configuration and the specs locked here (envkit/lock/localsources.py).
 ENV_ALLOW_FILE_URLS = "ENVKIT_ALLOW_FILE_URLS"
+ENV_SLURM_PYTHON = "ENVKIT_SLURM_PYTHON"  # the Python with envkit on Slurm nodes (default: the submitting one's path)
 
 CPU_PROFILES = ("native", "portable")
 DEFAULT_CPU_PROFILE = "native"
