@@ -90,6 +90,13 @@ class CpuProfileError(EnvkitError):
     exit_code = 15
 
 
+class SweepError(EnvkitError):
+    """A malformed seed list, sweep id or sweep option, or a sweep report that cannot be made (e.g. no plotting
+    library)."""
+
+    exit_code = 16
+
+
 # --- the engine and images ---------------------------------------------------------------------------------------
 class EngineUnavailableError(EnvkitError):
     """The Docker engine cannot be reached."""
@@ -145,6 +152,13 @@ class ImageMismatchError(EnvkitError):
                     "lock's IDs with `envkit build LOCK --pin`")
 
 
+class SlurmError(EnvkitError):
+    """Slurm cannot be reached, refuses a job (sbatch's message is shown), or loses track of one."""
+
+    exit_code = 28
+    default_hint = "check the cluster with `sinfo` (it should list an idle node) and `squeue`"
+
+
 # --- runs and the store ------------------------------------------------------------------------------------------
 class ScriptNotFoundError(EnvkitError):
     """The script given to `envkit run` does not exist."""
@@ -193,6 +207,13 @@ class GpuError(JobError):
     too old for the image's CUDA. Checked before the container is made; a run ends ``failed``, a replay is refused."""
 
     exit_code = 37
+
+
+class SweepNotFoundError(EnvkitError):
+    """No sweep with that id in the store."""
+
+    exit_code = 38
+    default_hint = "list the sweeps with `envkit sweeps`"
 
 
 class SnapshotError(EnvkitError):
@@ -271,6 +292,8 @@ EXIT_UNVERIFIED = 5  # the run left nothing to compare (no output file, no stdou
 EXIT_RUN_FAILED = 125
 EXIT_CANNOT_INVOKE = 126
 EXIT_COMMAND_NOT_FOUND = 127
+# `envkit sweep`: every run was made, and at least one of them failed (the others are kept and reported).
+EXIT_SWEEP_RUNS_FAILED = 6
 
 
 def all_error_classes() -> list[type[EnvkitError]]:

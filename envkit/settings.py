@@ -42,6 +42,7 @@ ENV_ALLOW_FILE_URLS = "ENVKIT_ALLOW_FILE_URLS"
 # Space-separated Debian mirror URLs tried after this host's apt sources for a pinned .deb no longer on them
 # (e.g. a snapshot.debian.org URL of the day the lock was made).
 ENV_DEB_MIRRORS = "ENVKIT_DEB_MIRRORS"
+ENV_SLURM_PYTHON = "ENVKIT_SLURM_PYTHON"  # the Python with envkit on Slurm nodes (default: the submitting one's path)
 
 CPU_PROFILES = ("native", "portable")
 DEFAULT_CPU_PROFILE = "native"

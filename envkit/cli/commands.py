@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "fingerprint": "fingerprint",
     "doctor": "doctor",
     "mlflow": "mlflow",
+    "sweep": "sweeps",  # envkit/cli/sweeps.py imports envkit/cli/sweep.py: the group and all its subcommands
+    "sweeps": "sweeps",
 }
 
 

@@ -116,20 +116,21 @@ def export_target(store: FileStore, target: str, settings: Tracking) -> dict[str
 
 
 def export_sweep_target(store: FileStore, sweep_id: str, settings: Tracking) -> dict[str, Any]:
-    """Export the sweep ``sweep_id`` (see :func:`sweep_rows`).
+    """Export the sweep ``sweep_id`` (see :func:`sweep_rows`), read by :func:`envkit.sweep.workflow.load_sweep`.
 
     Raises:
-        RunNotFoundError: for now always: sweeps are read by ``load_sweep(store, sweep_id) -> (metadata,
-            [(record, run_dir)], stats)`` of ``envkit.sweep.workflow``, which this envkit does not have yet. Sweep
-            ids look like run ids (the same generator): one that is no run of the store may be a sweep.
+        RunNotFoundError: neither a run nor a sweep of this store has that id.
     """
-    from envkit.errors import RunNotFoundError
+    from envkit.errors import RunNotFoundError, SweepError, SweepNotFoundError
+    from envkit.sweep.workflow import load_sweep
 
-    shown = sweep_id if len(sweep_id) <= 60 else sweep_id[:57] + "..."
-    raise RunNotFoundError(f"no run {shown!r} in this store, and sweep ids cannot be read: this envkit has no "
-                           "`envkit sweep` (envkit.sweep.workflow.load_sweep)",
-                           hint="list the runs with `envkit runs`; export a sweep's runs one by one with "
-                                "`envkit mlflow export RUN_ID`")
+    try:
+        _, runs, stats = load_sweep(store, sweep_id)
+    except (SweepError, SweepNotFoundError):
+        shown = sweep_id if len(sweep_id) <= 60 else sweep_id[:57] + "..."
+        raise RunNotFoundError(f"no run or sweep {shown!r} in this store",
+                               hint="list them with `envkit runs` and `envkit sweeps`") from None
+    return sweep_rows(sweep_id, runs, stats, settings)
 
 
 def sweep_rows(sweep_id: str, runs: list[tuple[RunRecord, Path]], stats: Any, settings: Tracking) -> dict[str, Any]:

@@ -87,6 +87,12 @@ def run_cmd(
                                                   "when envkit runs as root)."),
     json_out: bool = typer.Option(False, "--json", help="Print a record summary as JSON at the end."),
     mlflow: str = typer.Option(None, "--mlflow", metavar="[URI]", help=MLFLOW_OPTION_HELP),
+    backend: str = typer.Option("local", "--backend", callback=choice(("local", "slurm")),
+                                help="local, or slurm: one Slurm job on a node sharing the store (docs/sweeps.md)."),
+    partition: str = typer.Option(None, "--partition", help="Slurm: the partition."),
+    gres: str = typer.Option(None, "--gres", help="Slurm: generic resources, e.g. gpu:1."),
+    time_limit: str = typer.Option(None, "--time", help="Slurm: the time limit, e.g. 01:00:00."),
+    sbatch: list[str] = typer.Option(None, "--sbatch", help="Slurm: an sbatch argument as is (repeatable)."),
 ) -> None:
     """Run SCRIPT (or, after --, any COMMAND) in the lock's image with every Python process seeded; record the
     run; print its id last.
@@ -113,6 +119,12 @@ def run_cmd(
     )
     request = configured_request(request, list(inputs or []), {"gpus": _gpus, "trace": _trace})
     tracker = mlflow_settings(mlflow)  # a bad --mlflow is refused before the job, not after it
+    if backend == "slurm":
+        from envkit.cli.sweep import run_on_slurm
+        from envkit.sweep.slurm import SlurmOptions
+
+        options = SlurmOptions(partition=partition, gres=gres, time=time_limit, extra_args=tuple(sbatch or ()))
+        raise typer.Exit(run_on_slurm(request, options, json_out, tracker))
     store = FileStore(store_dir())
     progress = LiveProgress(enabled=not json_out and err_console.is_terminal)
 

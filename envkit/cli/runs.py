@@ -144,6 +144,15 @@ def render_record(record: RunRecord, layout: RunLayout) -> str:
                 f"ipc {record.ipc}" if record.ipc else None, f"user {record.user}" if record.user else None,
                 " ".join(f"{k}={'/'.join(map(str, v))}" for k, v in record.ulimits.items()) or None]
     row("container", ", ".join(filter(None, settings)))
+    if record.metrics:
+        row("metrics", ", ".join(f"{name} {value:.6g}" for name, value in list(record.metrics.items())[:8])
+            + (f", ... ({len(record.metrics)} in all)" if len(record.metrics) > 8 else ""))
+    if record.sweep:
+        row("sweep", f"{record.sweep.get('id')} (seed number {record.sweep.get('index')})")
+    if record.scheduler:
+        sched = record.scheduler
+        row(sched.get("backend", "scheduler"), f"job {sched.get('job_id')} (array {sched.get('array_job_id')}, "
+                                               f"task {sched.get('array_task_id')}) on {sched.get('node')}")
     row("replay of", record.replay_of)
     if record.platform_mismatch:
         row("platform", "differs from the recorded run in a field that changes numerics")

@@ -3,9 +3,8 @@
 Workflows (build, run, replay, bundles) see only :class:`Engine` and :class:`Container`: small, typed, and free of any
 SDK's objects or exceptions. :class:`envkit.engine.docker.DockerEngine` implements them on a Docker engine (the only
 module that calls the Docker SDK); ``tests/unit/fakes.py`` implements them in memory, so the executor, replay and
-the build cache are unit-tested without a daemon. A scheduler (Slurm) sits behind the same interface: its
-``create`` writes a batch script around the same container, ``start`` submits it and streams its logs, ``stop``
-cancels it.
+the build cache are unit-tested without a daemon. A batch scheduler (Slurm) sits one level up, as a sweep backend
+(:class:`envkit.sweep.backend.Backend`): each of its tasks runs the executor against its node's engine.
 
 Every method raises :mod:`envkit.errors` classes: :class:`~envkit.errors.ImageNotFoundError` for a missing image,
 :class:`~envkit.errors.EngineUnavailableError` when the engine goes away, :class:`~envkit.errors.RegistryError` for

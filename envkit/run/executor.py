@@ -10,7 +10,8 @@ One :func:`execute` call is one run. Its order is what makes a record trustworth
 5. SIGINT / SIGTERM stop the container; whatever happens the container is removed, and the record ends in a final
    status (a container that cannot be created or started ends ``failed``, with the reason as a note);
 6. outputs (files created or changed in ``work/`` and everything under ``$ENVKIT_OUTPUT_DIR``) are hashed, the
-   bootstrap's per-process reports collected, and the final record written atomically.
+   job's metrics.json read (:mod:`envkit.store.metrics`), the bootstrap's per-process reports collected, and the
+   final record written atomically.
 
 Everything engine-side goes through :class:`envkit.engine.Engine`, so the whole sequence runs against a fake in unit
 tests.
@@ -60,6 +61,7 @@ from envkit.settings import (
 )
 from envkit.store.filestore import FileStore, process_start
 from envkit.store.layout import RunLayout, output_name
+from envkit.store.metrics import read_metrics
 from envkit.store.record import CodeInfo, Fingerprint, ImageInfo, LockInfo, RunRecord, Timings, utc_now
 
 # Never outputs: bytecode caches a job's imports may leave (PYTHONDONTWRITEBYTECODE is set, but a job may unset it).
@@ -105,6 +107,8 @@ class JobSpec:
     ulimits: dict[str, tuple[int, int]] = field(default_factory=dict)
     env_file: str | None = None  # where some of extra_env came from (recorded; never snapshotted)
     cuda: str | None = None  # the CUDA version the image needs (checked against the driver before a GPU job)
+    sweep: dict[str, Any] | None = None  # {"id", "index"}: the run is one seed of a sweep (envkit.sweep)
+    scheduler: dict[str, str] | None = None  # a batch scheduler's ids for the record (Slurm job, task, node)
 
     @property
     def container_argv(self) -> list[str]:
@@ -232,7 +236,7 @@ def execute(engine: Engine, store: FileStore, job: JobSpec, sink: Sink | None = 
         memory=job.memory, notes=list(job.notes), network=job.network, host_pid=os.getpid(),
         host_pid_start=process_start(os.getpid()), gpus=job.gpus, shm_size=job.shm_size, ipc=job.ipc,
         ulimits={k: list(v) for k, v in job.ulimits.items()}, user_explicit=job.user is not None,
-        env_file=job.env_file, pin_for=list(job.pin_for),
+        env_file=job.env_file, pin_for=list(job.pin_for), sweep=job.sweep, scheduler=job.scheduler,
     )
     record.timings = Timings(build_s=job.build_s)
     user = job.user or (f"{JOB_UID}:{JOB_UID}" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}")
@@ -352,6 +356,8 @@ def _finish(engine: Engine, store: FileStore, record: RunRecord, layout: RunLayo
     except EnvkitError as exc:  # an output the job made unreadable: the run still ends, with a note
         record.notes.append(f"outputs could not be hashed: {exc.message}")
         status = "failed" if status == "succeeded" else status
+    record.metrics, metric_notes = read_metrics(layout, record.outputs)
+    record.notes += metric_notes
     record.bootstrap = _bootstrap_reports(layout.meta)
     record.processes, record.world_size = count_processes(record.bootstrap)
     if probe:

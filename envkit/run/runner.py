@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from envkit.engine import Engine
 from envkit.errors import CpuProfileError, GpuError, JobError, ScriptNotFoundError
@@ -67,6 +68,21 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
         CpuProfileError (a profile other than the image's), UpstreamError and InputChangedError (an --input), and
         what building the image raises.
     """
+    host = host_fingerprint(engine)
+    return execute(engine, store, job_spec(engine, store, request, host, progress), sink=sink, on_started=on_started,
+                   on_warning=on_warning, progress=progress, fingerprint=host)
+
+
+def job_spec(engine: Engine, store: FileStore, request: RunRequest, host: dict[str, Any],
+             progress: Progress | None = None) -> JobSpec:
+    """The job a request runs, its image found or built (a sweep makes it once for all its seeds).
+
+    Args:
+        host: this host's fingerprint (:func:`envkit.fingerprint.host_fingerprint`), taken once by the caller.
+
+    Raises:
+        As :func:`run`, before anything runs; a GPU check that fails is left to the executor, which records it.
+    """
     project = Path(request.project)
     if request.network not in NETWORK_MODES:
         raise JobError(f"network {request.network!r} is not one of {', '.join(NETWORK_MODES)}",
@@ -80,7 +96,6 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
         gpus = job_gpus.parse_gpus(request.gpus)
     except ValueError as exc:
         raise GpuError(f"--gpus {exc}") from None
-    host = host_fingerprint(engine)
     settings = ctr.container_settings(gpus, request.memory, request.shm_size, request.ipc, request.user,
                                       (host.get("host") or {}).get("memory_bytes"))
     env_file = Path(request.env_file).absolute() if request.env_file else None
@@ -102,7 +117,7 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
         raise CpuProfileError(f"image {request.image} was built with --cpu-profile {resolved.cpu_profile}, "
                               f"not {cpu_profile}",
                               hint=f"drop --cpu-profile, or build an image with --cpu-profile {cpu_profile}")
-    job = JobSpec(
+    return JobSpec(
         project=project, script=script, args=list(request.args), image_id=resolved.id, image_ref=resolved.ref,
         image_digests=resolved.digests, seed=request.seed, determinism=request.determinism, threads=request.threads,
         cpu_profile=cpu_profile, mounts=mounts, network=request.network,
@@ -113,8 +128,6 @@ def run(engine: Engine, store: FileStore, request: RunRequest, sink: Sink | None
         ulimits=settings.ulimits, user=settings.user, env_file=str(env_file) if env_file else None,
         cuda=job_gpus.image_cuda(engine, resolved.id, resolved.lock_text) if resolved.id else cuda,
     )
-    return execute(engine, store, job, sink=sink, on_started=on_started, on_warning=on_warning, progress=progress,
-                   fingerprint=host)
 
 
 def check_script(project: Path, script: str) -> str:

@@ -157,6 +157,9 @@ class RunRecord:
     processes: int | None = None  # Python processes the bootstrap seeded (one report each)
     upstream: list[Upstream] = field(default_factory=list)  # inputs taken from earlier runs' outputs
     pin_for: list[str] = field(default_factory=list)  # a pin run: [A, B], the runs whose parting it reruns
+    metrics: dict[str, float] | None = None  # the job's metrics.json (envkit.store.metrics); None: it wrote none
+    sweep: dict[str, Any] | None = None  # {"id": sweep id, "index": i} for one seed of a sweep (envkit.store.sweeps)
+    scheduler: dict[str, str] | None = None  # a batch scheduler's ids: backend, job and array task ids, node
 
     def __post_init__(self) -> None:
         before, command, args, argv = self.environment, self.command, self.args, self.argv

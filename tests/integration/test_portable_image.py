@@ -48,7 +48,7 @@ def run_emulated(project: Path, run: dict, tmp: Path) -> str:
     report = json.loads(next(meta.glob("bootstrap-*.json")).read_text())
     assert report["cpu_capability"] == ("AVX2" if record["cpu_profile"] == "portable" else report["cpu_capability"])
     if record["cpu_profile"] == "portable":
-        assert "envkit_portable" in report["extensions"]
+        assert "portable_ops" in report["extensions"]
     return hashlib.sha256((work / "weights.pt").read_bytes()).hexdigest()
 
 
