@@ -74,15 +74,15 @@ def _store(project: Path | None):
 def lock(spec: str | Path, output: str | Path | None = None) -> Path:
     """Resolve a spec (envkit.yaml) into a lockfile; returns the lockfile's path
     (default ``lockfiles/<name>.lock.yaml``)."""
-    from envkit.engine import connect
     from envkit.lock.locking import lock_spec
 
-    return lock_spec(connect(), Path(spec), Path(output) if output else None).path
+    return lock_spec(None, Path(spec), Path(output) if output else None).path
 
 
 def build(lockfile: str | Path, cpu_profile: str = "native", push: str | None = None,
           no_cache: bool = False) -> BuildResult:
-    """Build (or find) the image of a lockfile; ``.image_id``, ``.cache_hit``, ``.repo_digest`` (with ``push``)."""
+    """Build (or find) the image of a lockfile; ``.image_id``, ``.cache_hit``, ``.repo_digest`` (with ``push``),
+    ``.comparison`` (against the lock's expected image ID: ``.status`` matches, differs or unpinned)."""
     from envkit.engine import connect
     from envkit.image.builder import build_and_push
     from envkit.lock.model import load_lockfile

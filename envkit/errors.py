@@ -133,9 +133,23 @@ class RegistryError(EnvkitError):
 
 
 class BaseImageError(EnvkitError):
-    """Making a base image (debootstrap + import) failed."""
+    """Resolving or making a base image (mmdebstrap from pinned .debs) failed."""
 
     exit_code = 25
+
+
+class ImageArchiveError(EnvkitError):
+    """A layer source or image archive is malformed or unsafe (absolute names, '..', stray links, device nodes)."""
+
+    exit_code = 27
+
+
+class ImageMismatchError(EnvkitError):
+    """``envkit build --check``: the image rebuilt from nothing is not the one the lock (or the earlier build) says."""
+
+    exit_code = 29
+    default_hint = ("see what differs above; if envkit's in-image files or version changed on purpose, refresh the "
+                    "lock's IDs with `envkit build LOCK --pin`")
 
 
 class SlurmError(EnvkitError):

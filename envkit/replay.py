@@ -70,6 +70,7 @@ class Verdict:
     stdout_is_output: bool = False  # no output file: stdout decided the verdict
     stdout: dict[str, Any] | None = None  # envkit.stdoutcompare.StdoutComparison.to_dict()
     ignore_lines: list[str] = field(default_factory=list)  # the masks applied to stdout
+    image: dict[str, Any] | None = None  # --rebuild: {"recorded", "rebuilt", "same"}: was it the recorded image?
 
     @property
     def exit(self) -> int:
@@ -82,6 +83,7 @@ class Verdict:
             "divergence": self.divergence, "files_compared": self.files_compared,
             "stdout_is_output": self.stdout_is_output, "stdout": self.stdout, "ignore_lines": self.ignore_lines,
             "files": [{k: v for k, v in f.__dict__.items() if v is not None} for f in self.files],
+            **({"image": self.image} if self.image is not None else {}),
         }
 
 
@@ -180,6 +182,9 @@ def replay(engine: Engine, store: FileStore, run_id: str, *, force: bool = False
 
     def judge_before_final_write(replay_record: RunRecord) -> None:
         verdict.append(judge(engine, store, original, replay_record, ignore_lines))
+        if notes and notes[0].startswith(REBUILT):  # the verdict says on which image it was reached
+            verdict[0].image = {"recorded": original.image.id, "rebuilt": image_id,
+                                "same": image_id == original.image.id}
         if after_judge is not None:
             after_judge(original, replay_record, verdict[0], forced)
         replay_record.verdict = verdict[0].to_dict()
@@ -271,12 +276,17 @@ def acquire_image(engine: Engine, record: RunRecord, layout: RunLayout, rebuild:
     raise ImageNotFoundError(
         f"image {wanted[:19] if wanted else '?'} of run {record.run_id} is not on this engine and has no registry digest",
         hint="import a bundle made with `envkit export RUN --with-image`, push the image with `envkit build --push`, "
-             "or pass --rebuild to rebuild it from the recorded lockfile (the image ID will differ)",
+             "or pass --rebuild to rebuild it from the recorded lockfile (the replay says whether it is the same image)",
     )
+
+
+REBUILT = "image rebuilt from the recorded lockfile"
 
 
 def _rebuild(engine: Engine, record: RunRecord, layout: RunLayout,
              progress: Progress | None = None) -> tuple[str, list[str]]:
+    """The recorded lockfile built again; envkit's images are reproducible, so it is the recorded image when the
+    lock, envkit's in-image files and version are the same (the note says which)."""
     from envkit.image.builder import build_image
     from envkit.lock.model import load_lockfile
 
@@ -285,8 +295,11 @@ def _rebuild(engine: Engine, record: RunRecord, layout: RunLayout,
     on_step = (lambda step: progress(f"rebuilding the image: {step}", 0)) if progress else None
     result = build_image(engine, load_lockfile(layout.lock), cpu_profile=record.cpu_profile, progress=progress,
                          on_step=on_step)
-    return result.image_id, [f"image rebuilt from the recorded lockfile: {result.image_id[:19]} instead of the "
-                             f"recorded {(record.image.id or '?')[:19]}"]
+    recorded = record.image.id or "?"
+    if result.image_id == recorded:
+        return result.image_id, [f"{REBUILT}: {result.image_id} is the recorded image (the replay ran on it)"]
+    return result.image_id, [f"{REBUILT}: {result.image_id} differs from the recorded {recorded} (the replay ran on "
+                             "another image)"]
 
 
 def record_digests(record: RunRecord) -> list[str]:

@@ -34,11 +34,14 @@ from envkit.injob.state import (  # noqa: F401 - re-exported: the one definition
 
 # --- variables the user sets on the host -------------------------------------------------------------------------
 ENV_HOME = "ENVKIT_HOME"  # the run store; default ./.envkit in the project folder
-ENV_CACHE = "ENVKIT_CACHE"  # wheel cache and base-image build cache; default ~/.cache/envkit
+ENV_CACHE = "ENVKIT_CACHE"  # wheels, .debs, bases, the build map; default ~/.cache/envkit
 ENV_DEBUG = "ENVKIT_DEBUG"  # "1": the CLI shows tracebacks
 # "1": a lockfile's file:// URLs and bare paths are read as given. Without it a lock's local URL is only a hint, and
 # local wheels come from this host's pip configuration and the specs locked here (envkit/lock/localsources.py).
 ENV_ALLOW_FILE_URLS = "ENVKIT_ALLOW_FILE_URLS"
+# Space-separated Debian mirror URLs tried after this host's apt sources for a pinned .deb no longer on them
+# (e.g. a snapshot.debian.org URL of the day the lock was made).
+ENV_DEB_MIRRORS = "ENVKIT_DEB_MIRRORS"
 ENV_SLURM_PYTHON = "ENVKIT_SLURM_PYTHON"  # the Python with envkit on Slurm nodes (default: the submitting one's path)
 
 CPU_PROFILES = ("native", "portable")
@@ -108,6 +111,11 @@ def cache_dir() -> Path:
 def wheel_cache_dir() -> Path:
     """Content-addressed wheel cache: <cache>/wheels/sha256/<hh>/<hash>/<filename>."""
     return cache_dir() / "wheels"
+
+
+def deb_mirrors() -> list[str]:
+    """Extra Debian mirrors for pinned .debs (``ENVKIT_DEB_MIRRORS``), in order."""
+    return os.environ.get(ENV_DEB_MIRRORS, "").split()
 
 
 def build_cache_dir() -> Path:

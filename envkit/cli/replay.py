@@ -23,8 +23,8 @@ def replay_cmd(
                                       help="Fetch RUN_ID from this registry first (as `envkit pull` does)."),
     force: bool = typer.Option(False, "--force", help="Replay on a platform that differs in numerics; marked so."),
     rebuild: bool = typer.Option(False, "--rebuild",
-                                 help="If the image cannot be had, rebuild it from the recorded lockfile "
-                                      "(the image ID will differ)."),
+                                 help="If the image cannot be had, rebuild it from the recorded lockfile; the "
+                                      "verdict says whether the rebuilt image is the recorded one."),
     mount: list[str] = typer.Option(None, "--mount", help="DST=SRC: take the input mounted at DST from SRC here."),
     no_pin: bool = typer.Option(False, "--no-pin",
                                 help="When recorded steps bracket the divergence more than one step apart, do not "
@@ -162,6 +162,10 @@ def _short(value) -> str:
 
 def render_verdict(verdict, original: str, replay: str) -> str:
     lines = [f"replay {replay} of {original}: {verdict.kind}"]
+    if verdict.image is not None:  # --rebuild: on the recorded image, or on another one
+        lines[0] += (" (on the rebuilt image, which is the recorded one)" if verdict.image["same"] else
+                     f" (on a rebuilt image, {verdict.image['rebuilt'][:19]}, not the recorded "
+                     f"{str(verdict.image['recorded'])[:19]})")
     if verdict.kind == "FAILED":
         lines.append(f"  the replayed job exited {verdict.exit_code} (the original exited {verdict.original_exit_code})")
     for f in verdict.files:

@@ -8,14 +8,14 @@ the build cache are unit-tested without a daemon. A batch scheduler (Slurm) sits
 
 Every method raises :mod:`envkit.errors` classes: :class:`~envkit.errors.ImageNotFoundError` for a missing image,
 :class:`~envkit.errors.EngineUnavailableError` when the engine goes away, :class:`~envkit.errors.RegistryError` for
-pulls and pushes, :class:`~envkit.errors.BuildError` for builds, :class:`~envkit.errors.JobError` when a container
-cannot be created or started (with the engine's reason and a hint).
+pulls and pushes, :class:`~envkit.errors.JobError` when a container cannot be created or started (with the engine's
+reason and a hint). Images are made by envkit itself and loaded (:mod:`envkit.image.builder`), never built here.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,9 +107,6 @@ class Container(abc.ABC):
         """Remove it whatever its state; harmless when it is gone."""
 
 
-BuildEvents = Callable[[dict[str, Any]], None]
-
-
 class Engine(abc.ABC):
     """A container engine with its image store."""
 
@@ -138,13 +135,8 @@ class Engine(abc.ABC):
         """Images whose label ``label`` equals ``value``."""
 
     @abc.abstractmethod
-    def build(self, context: Path, tag: str, on_event: BuildEvents | None = None, no_cache: bool = False) -> str:
-        """Build ``context``'s Dockerfile with no network and return the image ID; ``on_event`` gets each streamed
-        event (``{"stream": ...}``, ``{"aux": ...}``). Raises BuildError with the engine's message."""
-
-    @abc.abstractmethod
-    def load(self, tar: Path) -> list[str]:
-        """Load a ``docker save`` archive; the IDs of the images it held."""
+    def load(self, tar: Path | Iterable[bytes]) -> list[str]:
+        """Load a ``docker save`` archive, from a file or streamed as chunks; the IDs of the images it held."""
 
     @abc.abstractmethod
     def save(self, image_id: str) -> Iterator[bytes]:
@@ -165,10 +157,6 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def remove_image(self, ref: str, force: bool = False) -> bool:
         """Remove an image or a name of it; False when it could not be (in use, gone)."""
-
-    @abc.abstractmethod
-    def import_rootfs(self, tar: Path, ref: str, changes: list[str]) -> str:
-        """``docker import`` a root filesystem tarball as ``ref`` with Dockerfile ``changes``; the image ID."""
 
     # --- containers ------------------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envkit.engine.base import BuildEvents, Container, ContainerExit, ContainerSpec, Engine, Image, Output
+from envkit.engine.base import Container, ContainerExit, ContainerSpec, Engine, Image, Output
 from envkit.errors import (
-    BuildError,
     EngineUnavailableError,
     EnvkitError,
     ImageNotFoundError,
@@ -24,7 +22,6 @@ from envkit.errors import (
 if TYPE_CHECKING:
     import docker
 
-_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 API_VERSION = "1.41"
 OOM_EXIT = 137  # SIGKILL: the only exit code an OOM kill gives, so the only one worth an inspect
 
@@ -140,26 +137,18 @@ class DockerEngine(Engine):
         with translated("looking up images"):
             return [_image(i) for i in self.client.images.list(filters={"label": f"{label}={value}"})]
 
-    def build(self, context: Path, tag: str, on_event: BuildEvents | None = None, no_cache: bool = False) -> str:
-        image_id = None
-        with translated("building the image"):
-            stream = self.client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, network_mode="none",
-                                           nocache=no_cache, decode=True, timeout=None)
-            for item in stream:
-                if "error" in item:
-                    raise BuildError(_ANSI_RE.sub("", str(item["error"])).strip())
-                aux = item.get("aux")
-                if isinstance(aux, dict) and "ID" in aux:
-                    image_id = aux["ID"]
-                if on_event is not None:
-                    on_event(item)
-        if image_id is None:
-            image_id = self.image(tag).id
-        return image_id
-
-    def load(self, tar: Path) -> list[str]:
-        with translated("loading an image archive"), open(tar, "rb") as fh:
-            return [img.id for img in self.client.images.load(fh)]
+    def load(self, tar: Path | Iterable[bytes]) -> list[str]:
+        # A CUDA image is several GB: loading it may take longer than any read timeout, as a build would.
+        api, timeout = self.client.api, self.client.api.timeout
+        api.timeout = None
+        try:
+            if not isinstance(tar, (str, Path)):  # chunks: sent as a chunked upload, never written to disk here
+                with translated("loading an image archive"):
+                    return [img.id for img in self.client.images.load(tar)]
+            with translated("loading an image archive"), open(tar, "rb") as fh:
+                return [img.id for img in self.client.images.load(fh)]
+        finally:
+            api.timeout = timeout
 
     def save(self, image_id: str) -> Iterator[bytes]:
         with translated("saving the image", image=image_id):
@@ -206,12 +195,6 @@ class DockerEngine(Engine):
             return True
         except Exception:  # noqa: BLE001 - in use or gone: the caller only wants to know
             return False
-
-    def import_rootfs(self, tar: Path, ref: str, changes: list[str]) -> str:
-        repository, _, version = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "latest")
-        with translated("importing the root filesystem"):
-            self.client.api.import_image_from_file(str(tar), repository=repository, tag=version, changes=changes)
-            return self.client.images.get(ref).id
 
     # --- containers ------------------------------------------------------------------------------------------------
     def _create_kwargs(self, spec: ContainerSpec) -> dict[str, Any]:

@@ -22,7 +22,6 @@ import functools
 import json
 import urllib.parse
 from dataclasses import dataclass, field, replace
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,10 +29,12 @@ from packaging.utils import canonicalize_name
 
 from envkit.atomic import atomic_write
 from envkit.errors import FetchError
+from envkit.lock.indexes import Anchors
 from envkit.settings import allow_file_urls, cache_dir
 
 if TYPE_CHECKING:
     from envkit.lock.model import Lockfile, PinnedPackage
+    from envkit.lock.resolver import Sources
 
 ALLOW_HINT = ("envkit reads local wheels only from this host's pip configuration and the sources of specs locked "
               "here; if you trust this lock, set ENVKIT_ALLOW_FILE_URLS=1 to read its local paths as given")
@@ -114,10 +115,11 @@ class LocalSources:
         return found
 
 
-def remember(lock: Lockfile) -> None:
-    """Record that ``lock`` was made on this host, with its local sources (which a later build may then read)."""
-    local = LocalSources.from_urls(lock.sources.get("find_links", []),
-                                   lock.sources.get("index_url", []) + lock.sources.get("indexes", []))
+def remember(lock: Lockfile, sources: Sources) -> None:
+    """Record that ``lock`` was made on this host from ``sources``: their local folders (which the lock itself does
+    not name) are where a later build here may read wheels from."""
+    local = LocalSources.from_urls(list(sources.find_links),
+                                   ([sources.index_url] if sources.index_url else []) + list(sources.indexes))
     if not (local.find_links or local.indexes):
         return
     data = {"find_links": [str(p) for p in local.find_links], "indexes": [str(p) for p in local.indexes]}
@@ -152,16 +154,6 @@ def _host_sources() -> LocalSources:
     return LocalSources.from_urls(host.find_links, ((host.index_url,) if host.index_url else ()) + host.indexes)
 
 
-class _Anchors(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.hrefs += [v for k, v in attrs if k == "href" and v]
-
-
 def _from_index(root: Path, filename: str, project: str) -> Path | None:
     """The local file a simple index's page for ``project`` links under ``filename`` (PEP 503), or None."""
     page = root / canonicalize_name(project) / "index.html"
@@ -169,7 +161,7 @@ def _from_index(root: Path, filename: str, project: str) -> Path | None:
         text = page.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
-    parser = _Anchors()
+    parser = Anchors()
     parser.feed(text)
     for href in parser.hrefs:
         target = urllib.parse.urljoin(page.as_uri(), href.split("#", 1)[0])

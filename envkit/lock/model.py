@@ -1,19 +1,26 @@
 """The lockfile: a strict, versioned model with its own content hash.
 
-A lockfile pins everything an image is built from: the base image by digest, the Python version, the target
-platform, every package (transitive ones too) by version, file name, source URL and sha256, and the determinism
-environment the image will carry. ``content_sha256`` is the sha256 of the canonical JSON of every other field, so a
-hand edit is detected on read and the hash names the lock in image labels and run records.
+A lockfile pins everything an image is built from: the base image by content (a Debian base by its .debs, a
+registry base by its manifest digest, or, from schema 1, a local image by ID), the Python version, the target
+platform, every package (transitive ones too) by version, wheel file name and sha256 (its URL is only a hint), and
+the determinism environment the image will carry. It also records the image IDs a build of it is expected to give,
+per CPU profile.
 
-Unknown keys are refused, the schema version is a field, and an unknown version is a clear error.
+``content_sha256`` is the sha256 of the canonical JSON of every field but three: itself, ``images`` and
+``image_parts``. Those two are the expected *outputs* of a build, not inputs: the image carries the lock's hash in a
+label, so an ID inside that hash would make the ID depend on itself. Leaving them out also lets ``envkit build
+--pin`` record them without changing the lock's identity (its build key, and the hash runs record). A hand edit of
+an expected ID is harmless: every build compares against it and says when it differs.
+
+Unknown keys are refused, the schema version is a field, older versions are upgraded on read
+(:mod:`envkit.lock.upgrade`), and a newer one says which envkit reads it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,46 +28,92 @@ import yaml
 
 from envkit.atomic import atomic_write
 from envkit.errors import LockfileError
-from envkit.lock.values import (
-    DIGEST,
-    ENV_NAME,
-    FULL_PYTHON,
-    IMAGE_REF,
-    NAME,
-    PLATFORM,
-    PROJECT,
-    SHA256,
-    VERSION,
-    has_control,
-    python_problem,
-    shown,
-    url_problem,
-    wheel_filename_problem,
-)
-from envkit.lock.yamlfile import read_yaml
 
-SCHEMA_VERSION = 1
-_TOP = {"schema_version", "content_sha256", "name", "python", "platform", "base", "requirements", "sources",
-        "environment", "packages", "generated_by"}
-_PACKAGE = ("name", "version", "filename", "url", "sha256")
+SCHEMA_VERSION = 2
+# SOURCE_DATE_EPOCH of a lock made without one in the environment: the dates envkit writes into images mean nothing
+# but must be the same everywhere (2023-11-14T22:13:20Z, a little after Debian 12.2).
+DEFAULT_EPOCH = 1_700_000_000
+BASE_KINDS = ("debian", "registry", "image")
+NOT_HASHED = ("content_sha256", "images", "image_parts")  # the hash itself and the expected outputs
 
 
 @dataclass(frozen=True)
 class PinnedPackage:
     name: str
     version: str
-    filename: str
-    url: str
+    filename: str  # what the package is, with sha256; the URL is where it was last seen
+    url: str | None
     sha256: str
 
 
 @dataclass(frozen=True)
+class DebPin:
+    """One .deb by content: a package of a Debian base."""
+
+    name: str
+    version: str
+    arch: str
+    filename: str  # the pool path, relative to a mirror's root: pool/main/p/python3.11/...
+    sha256: str
+    size: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version} ({self.arch})"
+
+
+@dataclass(frozen=True)
+class DebianBase:
+    """A Debian base made by envkit from exactly these .debs with mmdebstrap, dated at the lock's ``epoch``."""
+
+    suite: str
+    packages: tuple[str, ...]  # what was asked for on top of Debian's minimal set
+    mmdebstrap: str  # the version that resolved the pins (another one may lay files out differently)
+    debs: tuple[DebPin, ...]
+
+
+@dataclass(frozen=True)
 class BaseImage:
-    ref: str  # the name the spec gave, e.g. envkit/base:bookworm-py3.11
-    digest: str  # image ID (sha256:...) the build uses in FROM; never a floating tag
-    python: str  # full Python version inside the base, e.g. 3.11.2
-    repo_digest: str | None = None  # registry digest when the base came from a registry
-    source: str | None = None  # how it was made, e.g. "envkit base debian bookworm --python 3.11"
+    """The base image, by content.
+
+    - ``debian``: made by envkit from ``debian.debs`` (``digest`` is None: the .debs are the pin);
+    - ``registry``: ``ref`` pulled by its manifest ``digest`` (``image_id``: the ID that pull gave when locked);
+    - ``image``: a local image by ID (``digest``), from schema 1: it builds only where that image exists.
+    """
+
+    ref: str  # debian: the name the made base gets; registry: repository[:tag]; image: the local name
+    digest: str | None  # registry: manifest digest; image: image ID; debian: None
+    python: str  # the Python inside the base (3.11.2; "3.11" for a registry base not pulled when locked)
+    kind: str = "image"
+    image_id: str | None = None
+    source: str | None = None  # image: how it was made, e.g. "envkit base debian bookworm --python 3.11"
+    debian: DebianBase | None = None
+
+    @property
+    def pull_ref(self) -> str:
+        """``repository@sha256:...`` (a tag next to a digest is dropped: the digest decides)."""
+        name = self.ref.split("@", 1)[0]
+        last = name.rsplit("/", 1)[-1]
+        if ":" in last:
+            name = name[: len(name) - len(last)] + last.split(":", 1)[0]
+        return f"{name}@{self.digest}"
+
+    def describe(self) -> str:
+        """One phrase for messages: what the base is and how it is pinned."""
+        if self.kind == "debian" and self.debian is not None:
+            return f"Debian {self.debian.suite} base from {len(self.debian.debs)} pinned .debs"
+        if self.kind == "registry":
+            return f"registry base {self.pull_ref}"
+        return f"local base image {self.ref} ({(self.digest or '?')[:19]})"
+
+
+@dataclass(frozen=True)
+class ImageParts:
+    """What the expected image IDs were built from: enough to say which part of a build differs."""
+
+    recipe: str  # sha256 of envkit's version, its in-image files and the assembly recipe
+    base_layers: tuple[str, ...]  # the base's diff_ids
+    venv_layer: str  # the venv layer's diff_id (the same for every CPU profile)
 
 
 @dataclass(frozen=True)
@@ -81,17 +134,21 @@ class Lockfile:
     platform: Platform
     base: BaseImage
     requirements: tuple[str, ...]
-    sources: dict[str, list[str]]  # index_url / indexes / find_links used to resolve
+    sources: dict[str, list[str]]  # index_url / indexes / find_links: the spec's public ones
     environment: dict[str, str]
     packages: tuple[PinnedPackage, ...]
     generated_by: str
+    epoch: int = DEFAULT_EPOCH  # SOURCE_DATE_EPOCH: every file date and config date in the base and the image
+    images: dict[str, str] = field(default_factory=dict)  # CPU profile -> expected image ID
+    image_parts: ImageParts | None = None
     schema_version: int = SCHEMA_VERSION
     content_sha256: str = field(default="")
 
     def body(self) -> dict[str, Any]:
-        """Every field but the content hash, in canonical form."""
+        """Every hashed field, in canonical form."""
         d = asdict(self)
-        d.pop("content_sha256")
+        for key in NOT_HASHED:
+            d.pop(key)
         d["requirements"] = list(self.requirements)
         d["packages"] = [asdict(p) for p in self.packages]
         return d
@@ -102,12 +159,33 @@ class Lockfile:
 
     def sealed(self) -> Lockfile:
         """The same lock with its content hash filled in."""
-        return Lockfile(**{**self.__dict__, "content_sha256": self.computed_sha256()})
+        return replace(self, content_sha256=self.computed_sha256())
+
+    def with_images(self, images: dict[str, str], parts: ImageParts | None) -> Lockfile:
+        """The same lock (the same content hash) with these expected image IDs."""
+        return replace(self, images=dict(sorted(images.items())), image_parts=parts)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"schema_version": self.schema_version, "content_sha256": self.content_sha256}
-        d.update({k: v for k, v in self.body().items() if k != "schema_version"})
-        return d
+        """The lock as its YAML holds it: what it is and what it should build first, then the pins."""
+        body = self.body()
+        d: dict[str, Any] = {"schema_version": self.schema_version, "content_sha256": self.content_sha256}
+        for key in ("name", "python", "platform", "epoch"):
+            d[key] = body.pop(key)
+        d["images"] = dict(self.images)
+        d["image_parts"] = asdict(self.image_parts) if self.image_parts else None
+        base = body.pop("base")
+        d["base"] = {k: base[k] for k in ("kind", "ref", "digest", "image_id", "python", "source", "debian")}
+        d.update({k: v for k, v in body.items() if k != "schema_version"})
+        return _plain(d)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so the YAML holds only plain lists and mappings."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def dump_lockfile(lock: Lockfile) -> str:
@@ -115,6 +193,7 @@ def dump_lockfile(lock: Lockfile) -> str:
     data = lock.sealed().to_dict()
     header = (
         "# envkit lockfile: generated by `envkit lock`; do not edit by hand (content_sha256 checks it).\n"
+        "# images: the image IDs `envkit build` is expected to give; refresh them with `envkit build LOCK --pin`.\n"
     )
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=200)
 
@@ -126,63 +205,37 @@ def write_lockfile(lock: Lockfile, path: Path) -> None:
 
 
 def load_lockfile(path: Path) -> Lockfile:
-    """Read, validate and hash-check a lockfile.
+    """Read, upgrade, validate and hash-check a lockfile.
 
     Raises:
-        LockfileError: missing, malformed, unknown schema version, unknown keys, a value of the wrong type or shape
-            (a wheel file name that is not a bare wheel name of its package, a control character anywhere), a
-            package without a hash, or a content hash that does not match (edited by hand).
+        LockfileError: missing, malformed, of a newer schema version (the message says which envkit reads it),
+            unknown keys, a value of the wrong type or shape (a wheel file name that is not a bare wheel name of
+            its package, a control character anywhere), a package without a hash, or a content hash that does not
+            match (edited by hand).
     """
+    from envkit.lock.yamlfile import read_yaml
+
     data = read_yaml(path, LockfileError, "lockfile", missing_hint="create one with `envkit lock SPEC.yaml`",
                      invalid_hint="regenerate it with `envkit lock SPEC.yaml`")
     return parse_lockfile(data, source=str(path))
 
 
 def parse_lockfile(data: Any, source: str = "lockfile") -> Lockfile:
-    """Validate a lockfile's parsed YAML: its shape and types, its content hash, then each value.
+    """Validate a lockfile's parsed YAML (upgraded to this schema first): its shape and types, its content hash,
+    then each value.
 
     A lock may come from someone else, and anyone can recompute its content hash, so the hash only catches edits
-    by hand: each value is then checked for what it becomes (a cache path, a Dockerfile line, an image tag).
+    by hand: each value is then checked for what it becomes (a cache path, a URL, an image config, a tag).
     """
-    if not isinstance(data, dict):
-        raise LockfileError(f"{source} is not an envkit lockfile (expected a mapping)")
-    version = data.get("schema_version")
-    if type(version) is not int or version != SCHEMA_VERSION:
-        raise LockfileError(
-            f"{source}: unknown lockfile schema_version {shown(version)} (this envkit reads {SCHEMA_VERSION})",
-            hint="upgrade envkit, or regenerate the lock with `envkit lock SPEC.yaml`",
-        )
-    _check_keys(data, _TOP, source, "lockfile")
-    for key in ("name", "python", "platform", "base", "packages"):
-        if key not in data:
-            raise LockfileError(f"{source}: missing key {key!r}")
-    problem = python_problem(data["python"])
-    if problem:
-        raise LockfileError(f"{source}: python {problem}")
-    p = _mapping(data, "platform", {"os", "arch", "tag"}, source)
-    b = _mapping(data, "base", {"ref", "digest", "python", "repo_digest", "source"}, source,
-                 optional={"repo_digest", "source"})
-    packages = data["packages"]
-    if packages is not None and not isinstance(packages, list):
-        raise LockfileError(f"{source}: packages must be a list of packages, not {type(packages).__name__}")
-    if not packages:
-        raise LockfileError(f"{source}: pins no packages")
-    lock = Lockfile(
-        name=_string(data["name"], source, "name"),
-        python=data["python"],
-        platform=Platform(**{k: _string(p[k], source, f"platform.{k}") for k in ("os", "arch", "tag")}),
-        base=BaseImage(**{k: _string(b[k], source, f"base.{k}", optional=k in ("repo_digest", "source"))
-                          for k in ("ref", "digest", "python", "repo_digest", "source") if k in b}),
-        requirements=tuple(_strings(data.get("requirements"), source, "requirements")),
-        sources={k: _strings(v, source, f"sources value of {shown(k)}")
-                 for k, v in _string_map(data.get("sources"), source, "sources", None).items()},
-        environment=_string_map(data.get("environment"), source, "environment", str),
-        packages=tuple(_package(p, i, source) for i, p in enumerate(packages)),
-        generated_by=_string(data.get("generated_by", ""), source, "generated_by"),
-        schema_version=SCHEMA_VERSION,
-        content_sha256=_string(data.get("content_sha256") or "", source, "content_sha256"),
-    )
-    if lock.content_sha256 != lock.computed_sha256():
+    from envkit.lock.checks import check_values
+    from envkit.lock.fields import lock_from_dict
+    from envkit.lock.upgrade import upgraded
+
+    data, was = upgraded(data, source)
+    lock = lock_from_dict(data, source)
+    if was != SCHEMA_VERSION:
+        lock = lock.sealed()  # checked under its own schema's hash by the upgrade; a new document now
+    elif lock.content_sha256 != lock.computed_sha256():
         raise LockfileError(
             f"{source}: content hash does not match its content (the lockfile was edited by hand)",
             hint="regenerate it with `envkit lock SPEC.yaml` instead of editing it",
@@ -192,113 +245,7 @@ def parse_lockfile(data: Any, source: str = "lockfile") -> Lockfile:
 
 
 def check_values(lock: Lockfile, source: str = "lockfile") -> None:
-    """Each value of ``lock`` has the shape its use needs; a control character anywhere is refused.
+    """Each value of ``lock`` has the shape its use needs (see :func:`envkit.lock.checks.check_values`)."""
+    from envkit.lock.checks import check_values as check
 
-    Raises:
-        LockfileError: naming the value.
-    """
-    def text(value: str | None, what: str, pattern: re.Pattern[str] | None = None, expected: str = "") -> None:
-        if value is None:
-            return
-        if pattern is not None and not pattern.fullmatch(value):
-            raise LockfileError(f"{source}: {what} {shown(value)} {expected}", hint=_HOSTILE_HINT)
-        if has_control(value):
-            raise LockfileError(f"{source}: {what} {shown(value)} contains a control character", hint=_HOSTILE_HINT)
-
-    text(lock.name, "lock name", NAME, "must be lowercase letters, digits, '.', '_' or '-'")
-    text(lock.platform.os, "platform.os", re.compile("linux"), "is not linux")
-    text(lock.platform.arch, "platform.arch", re.compile("x86_64|aarch64"), "is not x86_64 or aarch64")
-    text(lock.platform.tag, "platform.tag", PLATFORM, "is not e.g. x86_64-manylinux_2_28")
-    text(lock.base.ref, "base.ref", IMAGE_REF, "is not an image reference")
-    text(lock.base.digest, "base.digest", DIGEST, "is not sha256:<64 hex>")
-    text(lock.base.python, "base.python", FULL_PYTHON, "is not a Python version")
-    text(lock.base.repo_digest, "base.repo_digest", IMAGE_REF, "is not an image reference")
-    text(lock.base.source, "base.source")
-    text(lock.generated_by, "generated_by")
-    for i, req in enumerate(lock.requirements):
-        text(req, f"requirements[{i}]")
-    for key, values in lock.sources.items():
-        text(key, "sources key")
-        for value in values:
-            text(value, f"sources value of {shown(key)}")
-    for key, value in lock.environment.items():
-        text(key, "environment variable name", ENV_NAME, "is not a variable name")
-        text(value, f"environment value of {shown(key)}")
-    for pkg in lock.packages:
-        where = f"package {pkg.name if PROJECT.fullmatch(pkg.name) else shown(pkg.name)}"
-        text(pkg.name, f"{where}: name", PROJECT, "is not a valid project name")
-        text(pkg.version, f"{where}: version", VERSION, "is not a valid version")
-        text(pkg.sha256, f"{where}: sha256", SHA256, "is malformed (64 lowercase hex digits expected)")
-        problem = wheel_filename_problem(pkg.filename, pkg.name, pkg.version) or url_problem(pkg.url)
-        if problem:
-            raise LockfileError(f"{source}: {where}: {problem}", hint=_HOSTILE_HINT)
-
-
-_HOSTILE_HINT = "the lockfile was written by another tool or altered; regenerate it with `envkit lock SPEC.yaml`"
-
-
-def _package(p: Any, i: int, source: str) -> PinnedPackage:
-    if not isinstance(p, dict):
-        raise LockfileError(f"{source}: packages[{i}] is not a mapping")
-    name = p.get("name")
-    label = name if isinstance(name, str) and PROJECT.fullmatch(name) else f"packages[{i}]"
-    _check_keys(p, set(_PACKAGE), source, f"package {label}")
-    if not p.get("sha256"):
-        raise LockfileError(
-            f"{source}: package {label} has no sha256 hash",
-            hint="every package must be pinned with a hash; regenerate with `envkit lock SPEC.yaml`",
-        )
-    missing = [k for k in _PACKAGE if k not in p]
-    if missing:
-        raise LockfileError(f"{source}: package {label} lacks {missing[0]!r}")
-    return PinnedPackage(**{k: _string(p[k], source, f"package {label}: {k}") for k in _PACKAGE})
-
-
-def _check_keys(d: dict[Any, Any], allowed: set[str], source: str, what: str) -> None:
-    odd = [k for k in d if not isinstance(k, str)]
-    if odd:
-        raise LockfileError(f"{source}: keys must be strings; {what} has the key {shown(odd[0])}")
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise LockfileError(f"{source}: unknown key {shown(unknown[0])} in {what}",
-                            hint="the lockfile was edited by hand or written by another tool")
-
-
-def _mapping(data: dict[str, Any], key: str, allowed: set[str], source: str,
-             optional: set[str] | None = None) -> dict[str, Any]:
-    value = data.get(key)
-    if not isinstance(value, dict):
-        raise LockfileError(f"{source}: {key} must be a mapping")
-    _check_keys(value, allowed, source, key)
-    missing = allowed - (optional or set()) - set(value)
-    if missing:
-        raise LockfileError(f"{source}: {key} lacks {sorted(missing)[0]!r}")
-    return value
-
-
-def _string(value: Any, source: str, what: str, optional: bool = False) -> Any:
-    if not isinstance(value, str) and not (optional and value is None):
-        raise LockfileError(f"{source}: {what} must be a string, not {type(value).__name__}")
-    return value
-
-
-def _strings(value: Any, source: str, what: str) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise LockfileError(f"{source}: {what} must be a list of strings, not {type(value).__name__}")
-    return [_string(v, source, f"{what}[{i}]") for i, v in enumerate(value)]
-
-
-def _string_map(value: Any, source: str, what: str, values: type | None) -> dict[str, Any]:
-    """A mapping with string keys (and ``values``-typed values when given)."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise LockfileError(f"{source}: {what} must be a mapping, not {type(value).__name__}")
-    if not all(isinstance(k, str) for k in value):
-        raise LockfileError(f"{source}: {what} keys must be strings")
-    for k, v in value.items():
-        if values is not None and not isinstance(v, values):
-            raise LockfileError(f"{source}: {what} value of {shown(k)} must be a string, not {type(v).__name__}")
-    return dict(value)
+    check(lock, source)

@@ -109,7 +109,6 @@ def ensure_lock(engine: Engine | None, env: ProjectEnvironment,
     if env.spec is not None:
         from envkit.lock.locking import lock_spec
 
-        assert engine is not None, "locking a spec needs the engine"
         if on_step is not None:
             on_step(f"locking {_rel(env.spec, env.root)} into {_rel(env.lock, env.root)}")
         lock_spec(engine, env.spec, env.lock)

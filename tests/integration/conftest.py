@@ -1,8 +1,10 @@
-"""Fixtures on the real Docker engine: the base image, the CPU image, a tiny image, a local registry.
+"""Fixtures on the real Docker engine: the committed CPU lock and its image, a tiny image, a local registry, a second
+engine.
 
-The base image and the CPU image are caches shared by every integration test (and by the README's demo): they are
-made once per machine and kept. Throwaway images and containers made by a test carry the label io.envkit.test and
-are removed at the end of the session.
+The CPU lock is used as committed (no relocking). Its Debian base and its image are caches shared by every
+integration test (and by the README's demo): made once per machine (envkit's cache keeps the base) and kept. The
+tests' own specs name that base through the session's registry, by digest. Throwaway images and containers made by
+a test carry the label io.envkit.test and are removed at the end of the session.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE_TAG = "envkit/base:bookworm-py3.11"
 
 
 def envkit(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 900,
@@ -39,19 +40,6 @@ def client():
 
 
 @pytest.fixture(scope="session")
-def base_image(client) -> str:
-    """The Debian base (debootstrap + import), made once per machine: about 45 s the first time."""
-    import docker.errors
-
-    try:
-        client.images.get(BASE_TAG)
-    except docker.errors.ImageNotFound:
-        r = envkit("base", "debian", "bookworm", "--python", "3.11", "--json", timeout=1200)
-        assert r.returncode == 0, r.stderr
-    return BASE_TAG
-
-
-@pytest.fixture(scope="session")
 def session_dir():
     d = Path(tempfile.mkdtemp(prefix="envkit-it-"))
     yield d
@@ -59,17 +47,35 @@ def session_dir():
 
 
 @pytest.fixture(scope="session")
-def cpu_lock(base_image, session_dir) -> Path:
-    """The reference CPU spec locked against this machine's base image."""
-    out = session_dir / "cpu.lock.yaml"
-    r = envkit("lock", str(ROOT / "lockfiles" / "cpu.envkit.yaml"), "-o", str(out))
+def cpu_lock() -> Path:
+    """The committed CPU lock, as it is: its Debian base pinned by .debs, its expected image IDs."""
+    return ROOT / "lockfiles" / "cpu.lock.yaml"
+
+
+@pytest.fixture(scope="session")
+def debian_base(cpu_lock) -> str:
+    """The committed lock's Debian base, made from its pinned .debs (about a minute the first time on a machine, then
+    kept in envkit's cache); its image ID."""
+    r = envkit("base", "make", str(cpu_lock), "--json", timeout=1800)
     assert r.returncode == 0, r.stderr
-    return out
+    return json.loads(r.stdout)["image_id"]
+
+
+@pytest.fixture(scope="session")
+def base_image(debian_base, registry) -> str:
+    """The base of the tests' own specs: the Debian base pushed to the session's registry, named by digest (a
+    registry base: `envkit lock` pins that digest and needs no mmdebstrap run)."""
+    from envkit.engine import connect
+
+    repo = f"{registry}/envkit-test/base"
+    ref = connect().push(debian_base, repo, "bookworm")
+    yield ref
+    subprocess.run(["docker", "rmi", f"{repo}:bookworm"], capture_output=True)  # the tag only: the image is shared
 
 
 @pytest.fixture(scope="session")
 def cpu_image(cpu_lock) -> str:
-    """The CPU image (torch 2.13.0 CPU, numpy, scikit-learn): about a minute to build, then a cache hit."""
+    """The CPU image (torch 2.13.0 CPU, numpy, scikit-learn): a few minutes to build from nothing, then a cache hit."""
     r = envkit("build", str(cpu_lock), "--json", timeout=1800)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)["image_id"]

@@ -14,7 +14,7 @@ import pytest
 
 from envkit.errors import EXIT_COMMAND_NOT_FOUND, EXIT_RUN_FAILED
 
-from .conftest import BASE_TAG, envkit
+from .conftest import envkit
 
 pytestmark = pytest.mark.docker
 
@@ -50,10 +50,11 @@ def test_host_network_is_refused(tmp_path, tiny_image):
 
 @pytest.mark.parametrize(("args", "words", "code"), [
     (["--memory", "lots"], "memory", EXIT_RUN_FAILED),  # the engine refuses the container
-    (["--image", BASE_TAG], "executable file not found", EXIT_COMMAND_NOT_FOUND),  # no `python` in a bare base
+    (["--image", "DEBIAN_BASE"], "executable file not found", EXIT_COMMAND_NOT_FOUND),  # no `python` in a bare base
 ])
-def test_a_container_that_cannot_run_ends_its_record_as_failed(tmp_path, tiny_image, base_image, args, words, code):
+def test_a_container_that_cannot_run_ends_its_record_as_failed(tmp_path, tiny_image, debian_base, args, words, code):
     (tmp_path / "ok.py").write_text("print('ok')\n")
+    args = [debian_base if a == "DEBIAN_BASE" else a for a in args]
     image_args = [] if "--image" in args else ["--image", tiny_image]
     r = envkit("run", "--seed", "1", *image_args, *args, "ok.py", cwd=tmp_path)
     assert r.returncode == code, r.stderr  # envkit's JobError, told apart from a job's own exit 34

@@ -149,8 +149,9 @@ def test_two_hosts_through_a_bundle_with_the_image(tmp_path, tiny_image, host_b)
     assert json.loads(r.stdout)["verdict"]["kind"] == "IDENTICAL"
 
 
-def test_a_lost_image_is_rebuilt_only_when_asked(client, tmp_path, base_image):
-    """No image, no registry digest: replay says what to do; --rebuild rebuilds from the recorded lock, says so."""
+def test_a_lost_image_is_rebuilt_only_when_asked_and_is_the_recorded_one(client, tmp_path, base_image):
+    """No image, no registry digest: replay says what to do; --rebuild rebuilds from the recorded lock, and since
+    envkit's images are reproducible, the rebuilt image is the recorded one: the verdict says so."""
     spec = tmp_path / "lost.envkit.yaml"
     spec.write_text(f"name: lost\npython: '3.11'\nbase: {base_image}\npackages: [six]\n")
     lock = tmp_path / "lost.lock.yaml"
@@ -165,6 +166,11 @@ def test_a_lost_image_is_rebuilt_only_when_asked(client, tmp_path, base_image):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["verdict"]["kind"] == "IDENTICAL"
-    assert any("rebuilt from the recorded lockfile" in n for n in out["notes"])
+    assert out["verdict"]["image"] == {"recorded": run["image"], "rebuilt": run["image"], "same": True}
+    assert any(f"rebuilt from the recorded lockfile: {run['image']} is the recorded image" in n for n in out["notes"])
     rec = json.loads((tmp_path / ".envkit" / "runs" / out["run_id"] / "record.json").read_text())
-    assert rec["image"]["id"] != run["image"]  # a rebuilt image is another image, and the record says which
+    assert rec["image"]["id"] == run["image"]  # the replay ran on the recorded image
+    client.images.remove(run["image"], force=True)
+    r = envkit("replay", run["run_id"], "--rebuild", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "IDENTICAL (on the rebuilt image, which is the recorded one)" in r.stdout

@@ -14,15 +14,17 @@ then starts when the request fits and fails at start (as the toolkit's hook does
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envkit.engine.base import BuildEvents, Container, ContainerExit, ContainerSpec, Engine, Image, Output
-from envkit.errors import BuildError, ImageNotFoundError, JobError, RegistryError
+from envkit.engine.base import Container, ContainerExit, ContainerSpec, Engine, Image, Output
+from envkit.errors import EnvkitError, ImageNotFoundError, JobError, RegistryError
 
 PROBE = {"schema_version": 1, "python": {"version": "3.11.2", "implementation": "CPython"},
          "torch": {"available": False, "reason": "not installed"}, "threads": {"torch": None}, "env": {},
@@ -71,8 +73,6 @@ class FakeEngine(Engine):
     registries: dict[str, dict[str, str]] = field(default_factory=dict)  # registry host -> {digest ref: image id}
     down: set[str] = field(default_factory=set)  # registry hosts that do not answer
     calls: list[tuple[str, Any]] = field(default_factory=list)
-    build_result: str | None = None  # the image ID a build gives (None: derived from the context)
-    build_error: str | None = None
     create_error: str | None = None
     start_error: str | None = None
     probe: dict[str, Any] = field(default_factory=lambda: dict(PROBE))
@@ -83,10 +83,21 @@ class FakeEngine(Engine):
 
     name = "fake"
 
+    configs: dict[str, bytes] = field(default_factory=dict)  # image ID -> its config (sha256 of it is the ID)
+    chains: set[tuple[str, ...]] = field(default_factory=set)  # layer stacks the engine has (what load may omit)
+
     def add_image(self, name: str, job: Job | None = None, labels: dict[str, str] | None = None,
                   repo_digests: tuple[str, ...] = ()) -> str:
-        iid = image_id(name)
+        """An image of one made-up layer, with a real config (its ID is the config's sha256, as Docker's)."""
+        layer = "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+        config = json.dumps({"architecture": "amd64", "os": "linux", "created": "1970-01-01T00:00:00Z",
+                             "config": {"Env": ["PATH=/usr/bin:/bin"], "Labels": dict(labels or {})},
+                             "history": [{"created": "1970-01-01T00:00:00Z", "created_by": name}],
+                             "rootfs": {"type": "layers", "diff_ids": [layer]}}, sort_keys=True).encode()
+        iid = "sha256:" + hashlib.sha256(config).hexdigest()
         self.images[iid] = Image(id=iid, repo_digests=repo_digests, tags=(name,), labels=dict(labels or {}))
+        self.configs[iid] = config
+        self.chains.add((layer,))
         if job is not None:
             self.jobs[iid] = job
         return iid
@@ -108,29 +119,41 @@ class FakeEngine(Engine):
         self.calls.append(("images_labelled", (label, value)))
         return [img for img in self.images.values() if img.labels.get(label) == value]
 
-    def build(self, context: Path, tag: str, on_event: BuildEvents | None = None, no_cache: bool = False) -> str:
-        self.calls.append(("build", tag))
-        dockerfile = (Path(context) / "Dockerfile").read_text()
-        if on_event is not None:
-            on_event({"stream": "Step 1/2 : FROM base\n"})
-            on_event({"stream": "Step 2/2 : RUN install\n"})
-        if self.build_error:
-            raise BuildError(self.build_error)
-        iid = self.build_result or image_id(dockerfile)
-        labels = {}
-        for line in dockerfile.splitlines():
-            if '"io.envkit.build-key"=' in line:
-                labels["io.envkit.build-key"] = json.loads(line.split("=", 1)[1].rstrip(" \\"))
-        self.images[iid] = Image(id=iid, tags=(tag,), labels=labels)
-        return iid
-
-    def load(self, tar: Path) -> list[str]:
-        self.calls.append(("load", tar))
-        return []
+    def load(self, tar: Path | Iterable[bytes]) -> list[str]:
+        """Read the archive as ``docker load`` does: a layer file may be missing only when the engine has that stack
+        of layers already."""
+        data = Path(tar).read_bytes() if isinstance(tar, (str, Path)) else b"".join(tar)
+        self.calls.append(("load", len(data)))
+        ids = []
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            names = set(archive.getnames())
+            for entry in json.loads(archive.extractfile("manifest.json").read()):
+                config = archive.extractfile(entry["Config"]).read()
+                parsed = json.loads(config)
+                diff_ids = parsed["rootfs"]["diff_ids"]
+                for i, layer in enumerate(entry["Layers"]):
+                    if layer not in names and tuple(diff_ids[:i + 1]) not in self.chains:
+                        raise EnvkitError(f"docker error while loading an image archive: open {layer}: no such file")
+                iid = "sha256:" + hashlib.sha256(config).hexdigest()
+                self.images[iid] = Image(id=iid, tags=tuple(entry.get("RepoTags") or ()),
+                                         labels=dict(parsed["config"].get("Labels") or {}))
+                self.configs[iid] = config
+                self.chains.update(tuple(diff_ids[:i + 1]) for i in range(len(diff_ids)))
+                ids.append(iid)
+        return ids
 
     def save(self, image_id: str) -> Iterator[bytes]:
+        """A ``docker save`` archive of the config alone (the fake keeps no layer bytes)."""
         self.calls.append(("save", image_id))
-        yield b""
+        config = self.configs[image_id]
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as archive:
+            for name, blob in ((image_id.split(":")[1] + ".json", config),
+                               ("manifest.json", json.dumps([{"Config": image_id.split(":")[1] + ".json"}]).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(blob)
+                archive.addfile(info, io.BytesIO(blob))
+        yield out.getvalue()
 
     def pull(self, ref: str) -> str:
         self.calls.append(("pull", ref))
@@ -163,10 +186,6 @@ class FakeEngine(Engine):
     def remove_image(self, ref: str, force: bool = False) -> bool:
         self.calls.append(("remove_image", ref))
         return self.images.pop(ref, None) is not None
-
-    def import_rootfs(self, tar: Path, ref: str, changes: list[str]) -> str:
-        self.calls.append(("import_rootfs", ref))
-        return self.add_image(ref)
 
     def create(self, spec: ContainerSpec) -> Container:
         self.calls.append(("create", spec))
@@ -262,3 +281,20 @@ class FakeContainer(Container):
     def remove(self) -> None:
         self.removed = True
         self.engine.calls.append(("remove", self.id))
+
+
+def venv_install(ctx: JobContext) -> Outcome:
+    """What the builder's venv container does, in the fake: a venv folder whose files follow the wheels and the
+    in-image files given to it (so that another lock gives another venv layer)."""
+    venv = ctx.path("/opt/envkit/venv")
+    site = venv / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    for wheel in sorted(ctx.path("/tmp/envkit/wheels").iterdir()):
+        (site / (wheel.name + ".installed")).write_bytes(hashlib.sha256(wheel.read_bytes()).digest())
+    (site / "requirements.txt").write_bytes(ctx.path("/tmp/envkit/requirements.lock.txt").read_bytes())
+    for path in sorted(ctx.path("/tmp/envkit/site").rglob("*")):
+        if path.is_file():
+            dest = site / path.relative_to(ctx.path("/tmp/envkit/site"))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(path.read_bytes())
+    return Outcome(stdout=b"compiled 3 files in 8 shards; 0 shards had files left as source\n")

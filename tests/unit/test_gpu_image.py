@@ -1,10 +1,11 @@
 """CUDA images and what runs in them: NVIDIA_REQUIRE_CUDA, the checks before a build (space, a compiler for triton),
-no client timeout on builds, TF32 recorded as it ran (opt-in override), the step trace's batched copies.
+no client timeout on image loads, TF32 recorded as it ran (opt-in override), the step trace's batched copies.
 """
 
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +13,7 @@ import pytest
 
 from envkit.errors import BuildError
 from envkit.image.preflight import check_space, compiler_warning, needed_bytes
-from envkit.image.render import compute_build_key, image_env, in_image_files, labels, plan_build
+from envkit.image.render import compute_build_key, image_env, in_image_files, labels, plan_build, recipe_hash
 from envkit.lock.model import load_lockfile
 from envkit.settings import IMAGE_DETERMINISM_ENV, LABEL_BASE_COMPILER, LABEL_CUDA
 
@@ -25,7 +26,7 @@ def test_cuda_images_require_their_cuda_major_and_say_which():
     cuda = load_lockfile(LOCKS / "cuda.lock.yaml")
     assert image_env(cuda, "native")["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0"
     assert labels(cuda, "native", "k")[LABEL_CUDA] == "13.0"
-    assert 'NVIDIA_REQUIRE_CUDA="cuda>=13.0"' in plan_build(cuda).dockerfile
+    assert plan_build(cuda).env["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0"  # written into the config envkit writes
     cpu = load_lockfile(LOCKS / "cpu.lock.yaml")
     assert "NVIDIA_REQUIRE_CUDA" not in image_env(cpu, "native") and LABEL_CUDA not in labels(cpu, "native", "k")
 
@@ -39,26 +40,29 @@ def test_tf32_is_not_overridden_behind_torchs_back():
 def test_the_build_key_covers_what_envkit_renders(monkeypatch):
     lock = load_lockfile(LOCKS / "cuda.lock.yaml")
     files = in_image_files()
-    before = compute_build_key(lock, "native", files)
+    before = compute_build_key(lock, "native", recipe_hash(lock, files))
     monkeypatch.setattr("envkit.image.render.image_env", lambda lock, profile: {"NEW": "1"})
-    assert compute_build_key(lock, "native", files) != before  # a new ENV line is a new image, not a cache hit
+    assert compute_build_key(lock, "native", recipe_hash(lock, files)) != before  # a new ENV: a new image
 
 
 def test_a_triton_lock_on_a_base_without_a_compiler_is_warned_about():
     cuda = load_lockfile(LOCKS / "cuda.lock.yaml")
     engine = FakeEngine()
-    engine.images[cuda.base.digest] = SimpleNamespace(id=cuda.base.digest, labels={}, repo_digests=(), tags=())
-    warning = compiler_warning(engine, cuda)
-    assert "holds triton" in warning and "--compiler" in warning
-    engine.images[cuda.base.digest] = SimpleNamespace(id=cuda.base.digest, labels={LABEL_BASE_COMPILER: "gcc"},
-                                                      repo_digests=(), tags=())
-    assert compiler_warning(engine, cuda) is None
-    assert compiler_warning(engine, load_lockfile(LOCKS / "cpu.lock.yaml")) is None  # no triton
+    bare = engine.add_image("bare")  # its python3 has no Python.h: the fake's probe of it fails
+    warning = compiler_warning(engine, cuda, bare)
+    assert "holds triton" in warning and "python:3.11-bookworm" in warning
+    with_gcc = engine.add_image("with-gcc", labels={LABEL_BASE_COMPILER: "gcc"})
+    assert compiler_warning(engine, cuda, with_gcc) is None
+    assert compiler_warning(engine, load_lockfile(LOCKS / "cpu.lock.yaml"), bare) is None  # no triton
+    debian = replace(cuda, base=load_lockfile(LOCKS / "cpu.lock.yaml").base)  # minbase: no gcc among its .debs
+    assert "-dev in the spec" in compiler_warning(engine, debian, bare)
 
 
-def test_the_reference_cuda_spec_sits_on_a_base_with_a_compiler():
+def test_the_reference_cuda_lock_is_on_a_registry_base_with_a_compiler():
+    """Triton (torch.compile on the GPU) needs gcc and Python.h: Docker's full python image has them, slim does not."""
     cuda = load_lockfile(LOCKS / "cuda.lock.yaml")
-    assert cuda.base.source.endswith("--compiler") and cuda.base.ref.endswith("-dev")
+    assert cuda.base.kind == "registry" and cuda.base.ref.startswith("python:3.11-bookworm@sha256:")
+    assert "slim" not in cuda.base.ref
 
 
 class _Facts(FakeEngine):
@@ -84,19 +88,20 @@ def test_a_build_that_cannot_fit_is_refused_before_it_starts(tmp_path, monkeypat
     check_space(engine, [wheel])
 
 
-def test_builds_have_no_client_timeout():
+def test_loads_have_no_client_timeout():
     from envkit.engine.docker import DockerEngine
 
     seen = {}
 
-    class Api:
-        def build(self, **kwargs):
-            seen.update(kwargs)
-            return iter([{"aux": {"ID": "sha256:" + "0" * 64}}])
+    class Images:
+        def load(self, data):
+            seen["timeout"] = api.timeout
+            return [SimpleNamespace(id="sha256:" + "0" * 64)]
 
-    engine = DockerEngine(SimpleNamespace(api=Api()))
-    assert engine.build(Path("/nonexistent"), "t:1") == "sha256:" + "0" * 64
-    assert "timeout" in seen and seen["timeout"] is None  # docker-py keeps an explicit None: no read timeout
+    api = SimpleNamespace(timeout=600)
+    engine = DockerEngine(SimpleNamespace(api=api, images=Images()))
+    assert engine.load(iter([b"archive"])) == ["sha256:" + "0" * 64]
+    assert seen["timeout"] is None and api.timeout == 600  # none while loading, the client's own afterwards
 
 
 # --- in the job -----------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from envkit.errors import FetchError
 from envkit.image.wheels import ensure_wheels
 from envkit.lock import localsources
 from envkit.lock.localsources import LocalSources, remember
+from envkit.lock.resolver import Sources
 from envkit.lock.model import BaseImage, Lockfile, PinnedPackage, Platform, load_lockfile
 
 NAME = "demo-1.0-py3-none-any.whl"
@@ -61,7 +62,7 @@ def test_a_lock_from_elsewhere_cannot_read_a_local_file(tmp_path: Path):
         with pytest.raises(FetchError) as err:
             ensure_wheels(lock.packages, cache, sources=LocalSources.for_lock(lock))
         assert "ENVKIT_ALLOW_FILE_URLS=1" in err.value.hint
-        assert "do not offer it" in str(err.value)
+        assert "read only with ENVKIT_ALLOW_FILE_URLS=1" in str(err.value)
     assert cached_files(cache) == []
 
 
@@ -103,7 +104,7 @@ def test_the_opt_in_reads_the_locks_own_path(tmp_path: Path, monkeypatch):
 def test_a_lock_made_here_reads_its_own_find_links(tmp_path: Path):
     src = wheel(tmp_path / "project-wheels")
     lock = lock_with(pin(src.as_uri()), [str(src.parent)])
-    remember(lock)  # what `envkit lock` does after writing the lock
+    remember(lock, Sources(find_links=(str(src.parent),)))  # what `envkit lock` does after writing the lock
     [path] = ensure_wheels(lock.packages, tmp_path / "cache", sources=LocalSources.for_lock(lock))
     assert path.read_bytes() == src.read_bytes()
     # Another lock naming the same folder was not made here.

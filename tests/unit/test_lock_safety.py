@@ -39,7 +39,9 @@ def sealed_yaml(data: dict) -> str:
     """``data`` (a lock's dict) with its content hash recomputed as an attacker would."""
     import json
 
-    body = {k: v for k, v in data.items() if k != "content_sha256"}
+    from envkit.lock.model import NOT_HASHED
+
+    body = {k: v for k, v in data.items() if k not in NOT_HASHED}
     try:
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     except TypeError:  # keys that are not strings: refused before the hash is looked at
@@ -166,7 +168,7 @@ def _mutations():
 
     return [
         ("sources-list", set_(["sources"], ["a"]), "sources must be a mapping"),
-        ("digest-null", set_(["base", "digest"], None), "base.digest must be a string"),
+        ("digest-null", set_(["base", "digest"], None), "needs its image ID (base.digest)"),
         ("packages-int", set_(["packages"], 5), "packages must be a list"),
         ("package-str", set_(["packages"], ["six"]), "packages[0] is not a mapping"),
         ("requirements-map", set_(["requirements"], {"a": 1}), "requirements must be a list"),
@@ -228,9 +230,10 @@ def test_render_refuses_values_that_would_add_instructions():
             plan_build(lock.sealed())
 
 
-def test_render_escapes_dollar_and_quotes_in_values():
+def test_values_reach_the_image_config_as_data():
+    """envkit writes the image config as JSON: a dollar, quotes or a backslash are the variable's exact value."""
     plan = plan_build(make_lock(environment={"A": 'say "hi" to $HOME\\x'}).sealed())
-    assert 'A="say \\"hi\\" to \\$HOME\\\\x"' in plan.dockerfile
+    assert plan.env["A"] == 'say "hi" to $HOME\\x'
 
 
 # --- the spec: same gaps ----------------------------------------------------------------------------------------------

@@ -48,5 +48,5 @@ def test_source_not_matching_lock_never_enters_cache(tmp_path: Path):
 
 def test_missing_source(tmp_path: Path):
     pin = PinnedPackage("demo", "1.0", "demo.whl", (tmp_path / "gone.whl").as_uri(), "0" * 64)
-    with pytest.raises(FetchError, match="cannot fetch demo.whl"):
+    with pytest.raises(FetchError, match="no source has demo.whl"):
         ensure_wheels((pin,), tmp_path / "cache", sources=LocalSources(find_links=(tmp_path,)))

@@ -26,7 +26,7 @@ from envkit.run.runner import RunRequest, run
 from envkit.settings import LABEL_BUILD_KEY
 from envkit.store.filestore import FileStore
 
-from .fakes import FakeEngine, JobContext, Outcome
+from .fakes import FakeEngine, JobContext, Outcome, venv_install
 
 QUIET = Sink(None, None)
 
@@ -212,13 +212,13 @@ def test_a_second_build_of_a_lock_is_a_cache_hit(tmp_path, monkeypatch):
     monkeypatch.setenv("ENVKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("ENVKIT_ALLOW_FILE_URLS", "1")  # a lock made in the test, read from its own local path
     engine = FakeEngine()
-    lock = tiny_lock(tmp_path, engine.add_image("base"))
+    lock = tiny_lock(tmp_path, engine.add_image("base", job=venv_install))
     first = build_image(engine, lock)
-    assert not first.cache_hit and [c for c, _ in engine.calls].count("build") == 1
+    assert not first.cache_hit and [c for c, _ in engine.calls].count("create") == 1  # the venv's container
     assert engine.images[first.image_id].labels[LABEL_BUILD_KEY] == plan_build(lock).build_key
     second = build_image(engine, lock)
     assert second.cache_hit and second.image_id == first.image_id
-    assert [c for c, _ in engine.calls].count("build") == 1  # nothing was built again
+    assert [c for c, _ in engine.calls].count("create") == 1  # nothing was built again
 
 
 def test_an_image_labelled_with_a_locks_build_key_is_not_taken_for_its_build(tmp_path, monkeypatch):
@@ -227,7 +227,7 @@ def test_an_image_labelled_with_a_locks_build_key_is_not_taken_for_its_build(tmp
     monkeypatch.setenv("ENVKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("ENVKIT_ALLOW_FILE_URLS", "1")  # the test's lock names its own local wheel
     engine = FakeEngine()
-    lock = tiny_lock(tmp_path, engine.add_image("base"))
+    lock = tiny_lock(tmp_path, engine.add_image("base", job=venv_install))
     planted = engine.add_image("planted", labels={LABEL_BUILD_KEY: plan_build(lock).build_key})
     result = build_image(engine, lock)
     assert not result.cache_hit and result.image_id != planted
