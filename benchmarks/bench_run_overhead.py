@@ -1,7 +1,9 @@
 """What `envkit run` adds to plain `docker run` for a trivial job, same image and command, interleaved.
 
-envkit's extra work: snapshot and hash the project, fingerprint the host, write the record twice (fsync), collect
-the bootstrap's report, hash the outputs. The image is found by its lock (a cache hit, no build).
+Three commands, interleaved, median of --runs each: `envkit run --image IMG`, `envkit run --lock LOCK` (the image
+found by its lock: a cache hit, no build) and `docker run --rm --network none -v PROJECT:/work IMG python job.py`.
+envkit's extra work: start-up, snapshot and hash the project, fingerprint the host, write the record (fsync) before
+the job starts and once more at its end, collect the bootstrap's report, hash the outputs.
 
     python benchmarks/bench_run_overhead.py [--runs 7]
 """
@@ -9,6 +11,8 @@ the bootstrap's report, hash the outputs. The image is found by its lock (a cach
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -36,22 +40,26 @@ def main() -> None:
         (project / "job.py").write_text("print('hello')\n")
         built = subprocess.run([sys.executable, "-m", "envkit", "build", args.lock, "--json"], capture_output=True,
                                text=True, check=True).stdout
-        import json
-
         image = json.loads(built)["image_id"]
-        envkit_cmd = [sys.executable, "-m", "envkit", "run", "--seed", "1", "--image", image, "job.py"]
-        docker_cmd = ["docker", "run", "--rm", "--network", "none", "-v", f"{project}:/work", "-w", "/work", image,
-                      "python", "job.py"]
-        timed(envkit_cmd, project)  # warm-up: the first run probes the image's software once and caches it
-        ours, plain = [], []
-        for _ in range(args.runs):
-            ours.append(timed(envkit_cmd, project))
-            plain.append(timed(docker_cmd, project))
-        o, p = statistics.median(ours), statistics.median(plain)
-        print(f"trivial job, {args.runs} runs each, interleaved (image {image[:19]})")
-        print(f"  envkit run:  median {o:.3f} s (min {min(ours):.3f}, max {max(ours):.3f})")
-        print(f"  docker run:  median {p:.3f} s (min {min(plain):.3f}, max {max(plain):.3f})")
-        print(f"  added by envkit: {o - p:+.3f} s (ratio {o / p:.2f}x)")
+        base = [sys.executable, "-m", "envkit", "run", "--seed", "1", "--trace", "off"]
+        commands = {
+            "envkit run --image": [*base, "--image", image, "job.py"],
+            "envkit run --lock": [*base, "--lock", args.lock, "job.py"],
+            "docker run": ["docker", "run", "--rm", "--network", "none", "-v", f"{project}:/work", "-w", "/work",
+                           image, "python", "job.py"],
+        }
+        for cmd in commands.values():  # warm-up: the first run probes the image's software once and caches it
+            timed(cmd, project)
+        wall: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(args.runs):  # interleaved, so a busy moment hits every command alike
+            for name, cmd in commands.items():
+                wall[name].append(timed(cmd, project))
+        plain = statistics.median(wall["docker run"])
+        print(f"trivial job, {args.runs} runs each, interleaved (image {image[:19]}, load {os.getloadavg()[0]:.1f})")
+        for name, times in wall.items():
+            m = statistics.median(times)
+            added = "" if name == "docker run" else f"  added {m - plain:+.3f} s ({m / plain:.2f}x; goal at most +0.3 s)"
+            print(f"  {name:<20} median {m:.3f} s (min {min(times):.3f}, max {max(times):.3f}){added}")
     finally:
         shutil.rmtree(project, ignore_errors=True)
 

@@ -1,15 +1,17 @@
-"""`envkit runs` over 10,000 recorded runs against plain listings of the same store, side by side in one run.
+"""`envkit runs` and `envkit show` over 10 and 10,000 recorded runs against plain reads of the same store, in one run.
 
-    python benchmarks/bench_runs_list.py [--runs 10000] [--repeat 5]
+    python benchmarks/bench_runs_list.py [--sizes 10,10000] [--repeat 5]
 
 Fills a temporary store with realistic records (host fingerprint, a 40-file code manifest, outputs; about 10 KB
 each), then times, best of --repeat, each as a fresh process:
 
-- `envkit runs --json` and `envkit runs` (the table), the commands users type;
+- `envkit runs --json`, `envkit runs` (the table) and `envkit show RUN_ID` (with and without --json), the commands
+  users type;
 - `envkit --version` and `envkit runs --json` on an empty store: start-up alone, the floor under the command;
 - `ls runs/`: run ids only, the least a listing can do;
 - `cat runs/*/record.json`: reading every record, what a listing without the index would at least cost;
-- a Python one-liner that json-loads every record (a naive listing).
+- a Python one-liner that json-loads every record (a naive listing);
+- `python -c pass` and `cat` of one record: the floor any Python command stands on, and the least `show` can do.
 
 It also times the first listing after the index is deleted (every record read once, the index rebuilt).
 """
@@ -60,44 +62,57 @@ def timed(cmd: list[str], env: dict[str, str], repeat: int) -> float:
     return best
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    envkit = [sys.executable, "-m", "envkit"]
-    with tempfile.TemporaryDirectory(prefix="envkit-bench-runs-") as tmp, tempfile.TemporaryDirectory() as empty:
+def measure(n: int, repeat: int, envkit: list[str], empty: str) -> dict[str, float]:
+    """Fill a store with ``n`` runs and time the listing and one run's page against plain reads of the same files."""
+    with tempfile.TemporaryDirectory(prefix="envkit-bench-runs-") as tmp:
         store = FileStore(Path(tmp), durable=False)  # fsync per record only slows the filling down
         t = time.perf_counter()
-        fill(store, args.runs)
+        fill(store, n)
         size = sum(p.stat().st_size for p in store.runs_dir.glob("*/record.json"))
-        print(f"filled {args.runs} records ({size / args.runs / 1000:.1f} KB each) in {time.perf_counter() - t:.1f} s")
+        print(f"filled {n} records ({size / n / 1000:.1f} KB each) in {time.perf_counter() - t:.1f} s")
         env = {**os.environ, "ENVKIT_HOME": tmp}
         store.index_path.unlink()
         t = time.perf_counter()
         subprocess.run([*envkit, "runs", "--json"], env=env, check=True, stdout=subprocess.DEVNULL)
         cold = time.perf_counter() - t
         runs_dir = str(store.runs_dir)
-        results = {
-            "envkit runs --json": timed([*envkit, "runs", "--json"], env, args.repeat),
-            "envkit runs (table)": timed([*envkit, "runs"], env, args.repeat),
-            "envkit --version (start-up)": timed([*envkit, "--version"], env, args.repeat),
+        last = sorted(os.listdir(runs_dir))[-1]
+        return {
+            "envkit runs --json": timed([*envkit, "runs", "--json"], env, repeat),
+            "envkit runs (table)": timed([*envkit, "runs"], env, repeat),
+            "envkit show RUN_ID": timed([*envkit, "show", last], env, repeat),
+            "envkit show RUN_ID --json": timed([*envkit, "show", last, "--json"], env, repeat),
+            "envkit --version (start-up)": timed([*envkit, "--version"], env, repeat),
             "envkit runs --json, empty store": timed([*envkit, "runs", "--json"], {**env, "ENVKIT_HOME": empty},
-                                                     args.repeat),
-            "ls runs/": timed(["ls", runs_dir], env, args.repeat),
+                                                     repeat),
+            "python -c pass": timed([sys.executable, "-c", "pass"], env, repeat),
+            "cat one record.json": timed(["cat", os.path.join(runs_dir, last, "record.json")], env, repeat),
+            "ls runs/": timed(["ls", runs_dir], env, repeat),
             "cat runs/*/record.json": timed(["sh", "-c", f"find {runs_dir} -name record.json -exec cat {{}} +"], env,
-                                            args.repeat),
-            "python: json.load every record": timed([sys.executable, "-c", NAIVE, runs_dir], env, args.repeat),
+                                            repeat),
+            "python: json.load every record": timed([sys.executable, "-c", NAIVE, runs_dir], env, repeat),
+            "envkit runs --json, no index (once)": cold,
         }
-    ours = results["envkit runs --json"]
-    print(f"{args.runs} runs, best of {args.repeat}, each a fresh process (ratio: envkit runs --json / this):")
-    for name, seconds in results.items():
-        ratio = f"{ours / seconds:6.2f}x" if name != "envkit runs --json" else "      -"
-        print(f"  {name:<32} {seconds:7.3f} s  {ratio}")
-    print(f"  {'envkit runs --json, no index':<32} {cold:7.3f} s   (first listing rebuilds the index)")
-    floor = results["envkit runs --json, empty store"]
-    print(f"listing 10,000 runs adds {ours - floor:.3f} s to the command's own start-up ({floor:.3f} s); "
-          f"in total {'within' if ours < 0.5 else 'over'} the 0.5 s target")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,10000", help="store sizes, comma-separated (default 10,10000)")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    envkit = [sys.executable, "-m", "envkit"]
+    targets = {"envkit runs --json": (0.2, 0.5), "envkit runs (table)": (0.2, 0.5), "envkit show RUN_ID": (0.2, 0.5)}
+    with tempfile.TemporaryDirectory() as empty:
+        for n in (int(s) for s in args.sizes.split(",")):
+            results = measure(n, args.repeat, envkit, empty)
+            base = results["python -c pass"]
+            print(f"{n} runs, best of {args.repeat}, each a fresh process (ratio: this / python -c pass):")
+            for name, seconds in results.items():
+                goal = targets.get(name)
+                note = f"  goal under {goal[0] if n <= 10 else goal[1]} s" if goal else ""
+                print(f"  {name:<36} {seconds:7.3f} s  {seconds / base:6.2f}x{note}")
+            ours, floor = results["envkit runs --json"], results["envkit runs --json, empty store"]
+            print(f"  listing {n} runs adds {ours - floor:+.3f} s to the command's own start-up ({floor:.3f} s)")
     return 0
 
 

@@ -26,6 +26,11 @@ def _loader(text: str) -> type:
     return c_loader
 
 
+def load_text(text: str) -> Any:
+    """``text`` parsed as YAML with the fastest safe loader it can take; raises yaml.YAMLError or RecursionError."""
+    return yaml.load(text, Loader=_loader(text))
+
+
 def read_yaml(path: Path, error: type[EnvkitError], what: str, missing_hint: str, invalid_hint: str | None = None) -> Any:
     """The parsed YAML of ``path``.
 

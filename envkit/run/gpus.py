@@ -202,8 +202,9 @@ def lock_text_cuda(text: str) -> str | None:
     from envkit.errors import LockfileError
     from envkit.lock.cuda import lock_cuda
     from envkit.lock.model import parse_lockfile
+    from envkit.lock.yamlfile import load_text
 
     try:
-        return lock_cuda(parse_lockfile(yaml.safe_load(text)))
+        return lock_cuda(parse_lockfile(load_text(text)))
     except (LockfileError, yaml.YAMLError, RecursionError):
         return None
