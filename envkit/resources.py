@@ -1,4 +1,4 @@
-"""Files shipped with envkit: the top-level docker/ folder (Dockerfile template, .pth hook) and the in-job package.
+"""Files shipped with envkit: the top-level docker/ folder (the bootstrap's .pth hook) and the in-job package.
 
 An installed wheel carries docker/ as the package data ``envkit/_docker``; a source checkout (editable install)
 reads the repository's docker/ folder. docker/ is deliberately not a Python package: a folder named ``docker``
@@ -15,7 +15,7 @@ INJOB_DIR = _HERE / "injob"
 
 
 def docker_file(name: str) -> Path:
-    """Path of a file from docker/ (the Dockerfile template, the bootstrap .pth)."""
+    """Path of a file from docker/ (the bootstrap's .pth)."""
     for folder in _CANDIDATES:
         path = folder / name
         if path.is_file():

@@ -48,7 +48,7 @@ CPU_PROFILES = ("native", "portable")
 DEFAULT_CPU_PROFILE = "native"
 DEFAULT_TRACE = "auto"  # the step-trace interval when none is given: tracing stays under 2% of training time
 
-# The determinism environment every image carries (ENV in the Dockerfile). PYTHONHASHSEED and
+# The determinism environment every image carries (ENV in the image's config). PYTHONHASHSEED and
 # CUBLAS_WORKSPACE_CONFIG only work when set before the interpreter / CUDA start, so they belong to the image.
 IMAGE_DETERMINISM_ENV: dict[str, str] = {
     "PYTHONHASHSEED": "0",

@@ -1,6 +1,6 @@
 """Checks of the single values users hand to envkit in specs and lockfiles, shared by both parsers.
 
-A spec or a lock may come from someone else, and its values reach file paths (the wheel cache), the Dockerfile, the
+A spec or a lock may come from someone else, and its values reach file paths (the wheel cache), the image config, the
 requirements file and image labels. So every pattern here is applied with ``fullmatch`` (a ``$`` would let a
 trailing newline through, and a newline there adds a line), and error messages show values through :func:`shown`,
 which keeps them on one line (it lives in :mod:`envkit.errors` so that the record parser uses it too).

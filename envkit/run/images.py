@@ -46,7 +46,7 @@ def resolve_image(engine: Engine, project: Path, lock_path: Path | None, image: 
 
         lock = load_lockfile(lock_path)
         t0 = time.monotonic()
-        # On a cache miss the build takes minutes: each Dockerfile step shows as a stage of its own.
+        # On a cache miss the build takes minutes: each step (base, venv, layer, load) shows as a stage of its own.
         on_step = (lambda step: progress(f"building the image: {step}", 0)) if progress else None
         result = build_image(engine, lock, cpu_profile=cpu_profile, progress=progress, on_step=on_step)
         return ResolvedImage(result.image_id, result.tag, list(engine.image(result.image_id).repo_digests),
