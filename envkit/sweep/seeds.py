@@ -8,7 +8,8 @@ Rules, so that a sweep's statistics mean what they say:
   envkit), and counting it twice would shrink the standard deviation and the confidence interval.
 * The order given is kept (it is the order the runs are started in).
 
-Derived seeds (``--n N --base-seed B``) are SplitMix64 mixes of (B, "sweep", i), cut to 32 bits; a collision is
+Derived seeds (``--n N --base-seed B``) are SplitMix64 mixes of (B, "sweep", i) (the in-job seeds' own
+:func:`envkit.injob.seeds.derive_seed`), cut to 32 bits; a collision is
 skipped by drawing the next index, so the N seeds are distinct and the same for the same B on every machine.
 """
 
@@ -17,39 +18,13 @@ from __future__ import annotations
 import re
 
 from envkit.errors import SweepError
+from envkit.injob.seeds import derive_seed
 
 MAX_SEED = 2**32 - 1
 MAX_SEEDS = 10_000
-_M64 = (1 << 64) - 1
 # ASCII digits only (str.isdigit also accepts "²" and other scripts' digits); ten digits are enough for 2**32-1.
 _ITEM = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?", re.ASCII)
 _HINT = "give seeds as a range 0-9, a list 1,5,9, a mix 0-3,10, or --n 10 for seeds derived from one base seed"
-
-
-def splitmix64(x: int) -> int:
-    """One step of SplitMix64 (Steele, Lea and Flood 2014): a 64-bit mix with good avalanche, stdlib only."""
-    x = (x + 0x9E3779B97F4A7C15) & _M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return x ^ (x >> 31)
-
-
-def mix(*parts: int | str) -> int:
-    """A 64-bit value mixed from ints (>= 0) and strings; the same parts give the same value everywhere."""
-    h = 0
-    for part in parts:
-        if isinstance(part, str):
-            data = part.encode()
-            tag, n = 1 | len(data) << 2, int.from_bytes(data, "little")
-        else:
-            tag, n = 2, int(part)
-        h = splitmix64(h ^ tag)
-        while True:
-            h = splitmix64(h ^ (n & _M64))
-            n >>= 64
-            if not n:
-                break
-    return h
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -111,7 +86,7 @@ def derive_seeds(n: int, base_seed: int = 0) -> list[int]:
     index = 0
     # Collisions among 10,000 draws of 32 bits happen about once in a hundred bases: skip them, deterministically.
     while len(seeds) < n:
-        seed = mix(base_seed, "sweep", index) & MAX_SEED
+        seed = derive_seed(base_seed, "sweep", index) & MAX_SEED
         index += 1
         if seed not in seen:
             seen.add(seed)

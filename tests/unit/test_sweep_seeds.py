@@ -1,7 +1,8 @@
 import pytest
 
 from envkit.errors import SweepError
-from envkit.sweep.seeds import MAX_SEED, MAX_SEEDS, choose_seeds, derive_seeds, parse_seeds, splitmix64
+from envkit.injob.seeds import _splitmix64 as splitmix64
+from envkit.sweep.seeds import MAX_SEED, MAX_SEEDS, choose_seeds, derive_seeds, parse_seeds
 
 PINNED_N4_BASE0 = [852037970, 2217309475, 1972272329, 1494667244]
 
