@@ -21,6 +21,7 @@ class ResolvedImage:
     build_s: float | None
     cpu_profile: str | None  # the profile baked into the image, if envkit built it
     lock_text: str | None = None
+    cuda: str | None = None  # the CUDA its lock's wheels need (read from the lock already loaded; None for CPU)
 
 
 def resolve_image(engine: Engine, project: Path, lock_path: Path | None, image: str | None,
@@ -42,6 +43,7 @@ def resolve_image(engine: Engine, project: Path, lock_path: Path | None, image: 
             lock_path = ensure_lock(engine, env)
     if lock_path is not None:
         from envkit.image.builder import build_image
+        from envkit.lock.cuda import lock_cuda
         from envkit.lock.model import load_lockfile
 
         lock = load_lockfile(lock_path)
@@ -51,7 +53,8 @@ def resolve_image(engine: Engine, project: Path, lock_path: Path | None, image: 
         result = build_image(engine, lock, cpu_profile=cpu_profile, progress=progress, on_step=on_step)
         return ResolvedImage(result.image_id, result.tag, list(engine.image(result.image_id).repo_digests),
                              LockInfo(path=str(lock_path), sha256=lock.content_sha256, name=lock.name),
-                             round(time.monotonic() - t0, 3), cpu_profile, lock_path.read_text(encoding="utf-8"))
+                             round(time.monotonic() - t0, 3), cpu_profile, lock_path.read_text(encoding="utf-8"),
+                             lock_cuda(lock))
     assert image is not None
     img = engine.find_image(image)
     if img is None:
