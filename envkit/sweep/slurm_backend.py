@@ -95,6 +95,10 @@ class SlurmBackend:
         states = states_from_store(self.store, sweep)
         for state, task in zip(states, tasks, strict=True):
             state.node = state.node or task.node
+            if state.state == "abandoned":
+                # The store calls a running record whose envkit process is gone "abandoned". On Slurm that process
+                # is the task's: Slurm's view decides (still ending, or ended: then the record is closed below).
+                state.state = "running"
             if not task.finished:
                 if state.state == "pending" and task.state in ("RUNNING", "COMPLETING"):
                     state.state = "running"  # the task is up and starting envkit

@@ -212,3 +212,23 @@ def test_a_sweep_that_could_not_be_submitted_is_not_kept(tmp_path):
     with pytest.raises(SlurmError, match="Invalid partition"):
         start_sweep(engine, store, request, backend=Refusing())
     assert SweepStore(store.root).list() == ([], [])
+
+
+def test_a_task_whose_envkit_died_is_closed_by_slurms_state_not_left_abandoned(submitted, monkeypatch):
+    """The store lists a running record whose envkit process is gone as `abandoned`; under Slurm that process was
+    the task's, so Slurm's state decides: still running while the task ends, interrupted once scancel ended it."""
+    engine, store, sweep, _ = submitted
+    record = run_seed(engine, store, sweep, 0, scheduler=SLURM_IDS)
+    record.status, record.host_pid_start = "running", -1  # its envkit process is gone (another start time)
+    store.write(record)
+    SweepStore(store.root).write_task(sweep.sweep_id, 0, {"run_id": record.run_id, "state": "running"})
+    assert store.read(record.run_id).status == "abandoned"
+    started, now = {"node": "node7"}, time.time()
+    answers = [slurm.TaskStatus(0, "RUNNING", node="node7", extra=started), slurm.TaskStatus(1, "PENDING"),
+               slurm.TaskStatus(2, "PENDING")]
+    monkeypatch.setattr(slurm, "status", lambda job: answers)
+    backend = SlurmBackend(store)
+    assert backend.status(sweep)[0].state == "running"
+    answers[0] = slurm.TaskStatus(0, "CANCELLED", exit_code=143, extra=started, ended=now)
+    assert backend.status(sweep)[0].state == "interrupted"
+    assert store.read(record.run_id).status == "interrupted"
