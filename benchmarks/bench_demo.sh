@@ -3,7 +3,7 @@
 # engine (a second dockerd with its own data root, exec root, socket and bridge), an empty envkit cache (no .debs,
 # base, wheels or build map) and an empty run store. Prints each step's time and share of the whole. Run as root:
 #
-#   bash benchmarks/bench_demo.sh
+#   bash benchmarks/bench_demo.sh [KEEP_DIR]      # KEEP_DIR: where to keep the demo's stdout and stderr
 #
 # The second engine and everything made for it are removed at the end; the machine's own engine is not touched.
 set -euo pipefail
@@ -21,6 +21,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+keep="${1:-}"
 
 ip link add name "$bridge" type bridge && ip link set "$bridge" up
 dockerd --data-root "$work/data" --exec-root "$work/exec" --pidfile "$work/dockerd.pid" \
@@ -33,6 +34,7 @@ echo "engine: $(docker info --format '{{.Images}} images') on $DOCKER_HOST; cach
 export ENVKIT_CACHE="$work/cache" ENVKIT_HOME="$work/store"
 # The demo replays in examples/; its store is ENVKIT_HOME here so the repository's examples/.envkit stays as it is.
 bash "$repo_root/examples/demo.sh" >"$work/demo.out" 2>"$work/demo.err" || { tail -n 30 "$work/demo.err" >&2; exit 1; }
+[[ -n "$keep" ]] && mkdir -p "$keep" && cp "$work/demo.out" "$work/demo.err" "$keep/"
 grep -E "matches the lock|IDENTICAL" "$work/demo.out" "$work/demo.err" | sed 's/^[^:]*://' >&2 || true
 total=$(sed -n 's/^demo: done in \([0-9]*\) s$/\1/p' "$work/demo.err")
 echo "examples/demo.sh on an empty engine, empty cache and store: ${total} s (goal under 300 s)"

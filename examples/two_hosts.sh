@@ -57,7 +57,7 @@ cd "$work/a/project"
 echo "# host A: $(pwd)"
 show ls
 show envkit build
-run_id=$(show envkit run --seed 42 train.py | tee /dev/stderr | tail -n 1)
+run_id=$(show envkit run --seed 42 train.py | tee >(cat >&2) | tail -n 1)
 ref=$(show envkit push "$run_id" "127.0.0.1:$port/team/runs" | tail -n 1)
 echo "$ref"
 
