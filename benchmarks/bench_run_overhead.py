@@ -58,7 +58,8 @@ def main() -> None:
         print(f"trivial job, {args.runs} runs each, interleaved (image {image[:19]}, load {os.getloadavg()[0]:.1f})")
         for name, times in wall.items():
             m = statistics.median(times)
-            added = "" if name == "docker run" else f"  added {m - plain:+.3f} s ({m / plain:.2f}x; goal at most +0.3 s)"
+            added = "" if name == "docker run" else \
+                f"  added {m - plain:+.3f} s ({m / plain:.2f}x; goal at most +0.3 s)"
             print(f"  {name:<20} median {m:.3f} s (min {min(times):.3f}, max {max(times):.3f}){added}")
     finally:
         shutil.rmtree(project, ignore_errors=True)

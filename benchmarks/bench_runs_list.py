@@ -76,7 +76,7 @@ def measure(n: int, repeat: int, envkit: list[str], empty: str) -> dict[str, flo
         subprocess.run([*envkit, "runs", "--json"], env=env, check=True, stdout=subprocess.DEVNULL)
         cold = time.perf_counter() - t
         runs_dir = str(store.runs_dir)
-        last = sorted(os.listdir(runs_dir))[-1]
+        last = max(os.listdir(runs_dir))
         return {
             "envkit runs --json": timed([*envkit, "runs", "--json"], env, repeat),
             "envkit runs (table)": timed([*envkit, "runs"], env, repeat),

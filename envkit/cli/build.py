@@ -80,7 +80,8 @@ def build_cmd(
                     "lock_sha256": lock.content_sha256, "repo_digest": result.repo_digest,
                     "lock": {"status": comparison.status, "expected": comparison.expected,
                              "reasons": comparison.reasons},
-                    "warnings": result.warnings, "base": result.base_how, "layers": {"base": result.base_layers, "venv": result.venv_layer},
+                    "warnings": result.warnings, "base": result.base_how,
+                    "layers": {"base": result.base_layers, "venv": result.venv_layer},
                     **({"check": {"previous": result.previous}} if check else {})})
     else:
         how = "cache hit" if result.cache_hit else f"built in {result.seconds:.0f} s"
