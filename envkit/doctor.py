@@ -22,7 +22,8 @@ def run_checks(store_root: Path, cache_root: Path, locks: list[Path] | None = No
     """Every check; ``locks``: the lockfiles whose CUDA the driver must support (default: the project's)."""
     checks = [_engine(), *_gpu(locks), _writable("run store", store_root, "set ENVKIT_HOME to a writable folder"),
               _writable("cache", cache_root, "set ENVKIT_CACHE to a writable folder"),
-              _tool("debootstrap", "apt-get install -y debootstrap", "making base images (envkit base)"),
+              _tool("mmdebstrap", "apt-get install -y mmdebstrap",
+                    "making a lock's Debian base from its pinned .debs (envkit build, envkit base)"),
               _tool("docker-registry", "apt-get install -y docker-registry", "a local registry for --push tests")]
     checks.append(_disk(cache_root))
     checks.append(_abandoned(store_root))
