@@ -7,8 +7,8 @@ process, the variants interleaved run by run so that load from elsewhere hits th
 PYTHONDONTWRITEBYTECODE=1, as the image does.
 
 - plain: a venv without the bootstrap;
-- installed, idle: envkit_bootstrap.py + envkit-bootstrap.pth in site-packages, ENVKIT_SEED unset (every Python
-  process in an image outside `envkit run`);
+- installed, idle: the in-job package (envkit_injob) and envkit-bootstrap.pth in site-packages, as an image has
+  them, ENVKIT_SEED unset (every Python process in an image outside `envkit run`);
 - active: ENVKIT_SEED, PYTHONHASHSEED and ENVKIT_REPORT_DIR set, as `envkit run` sets them: the finder is installed
   and the report written;
 - active, no .pyc: the same without a byte-compiled bootstrap (why the image build must compile it: with
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from envkit.image.render import in_image_files
 
 
 def make_venv(root: Path, name: str, bootstrap: bool, compiled: bool = True, system: bool = False) -> Path:
@@ -42,10 +41,11 @@ def make_venv(root: Path, name: str, bootstrap: bool, compiled: bool = True, sys
         purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                  check=True, capture_output=True, text=True).stdout.strip()
         site = Path(purelib)
-        shutil.copyfile(REPO / "envkit" / "run" / "bootstrap.py", site / "envkit_bootstrap.py")
-        shutil.copyfile(REPO / "docker" / "envkit-bootstrap.pth", site / "envkit-bootstrap.pth")
+        for name, data in in_image_files().items():  # exactly what an image's site-packages gets
+            (site / name).parent.mkdir(parents=True, exist_ok=True)
+            (site / name).write_bytes(data)
         if compiled:
-            subprocess.run([str(python), "-m", "compileall", "-q", str(site / "envkit_bootstrap.py")], check=True)
+            subprocess.run([str(python), "-m", "compileall", "-q", str(site / "envkit_injob")], check=True)
     return python
 
 
