@@ -173,6 +173,9 @@ def check(name: str, got: np.ndarray, ref64: np.ndarray, mp_fn, inp: np.ndarray 
 
 
 def main(argv: list[str]) -> int:
+    if not argv or any(a.startswith("-") and not a.startswith("--ops=") for a in argv):
+        print(__doc__)
+        return 2
     only = None
     files = []
     for arg in argv:

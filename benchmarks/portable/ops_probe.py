@@ -177,6 +177,9 @@ def size_sweep(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0].startswith("-"):  # never save to a file named like an option
+        print(__doc__)
+        return 2
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     torch.set_num_threads(threads)
     if os.environ.get("ENVKIT_CPU_PROFILE") == "portable":
