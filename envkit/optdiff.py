@@ -29,7 +29,7 @@ from envkit.errors import TraceError
 from envkit.injob.optrace import FORMAT_VERSION, UNINITIALISED, saved_name
 from envkit.opalign import align
 from envkit.savedtensors import TensorDiff, saved_diffs
-from envkit.store.layout import META_DIR
+from envkit.store.layout import meta_files
 
 OPTRACE_GLOB = "optrace*.jsonl"
 MAIN_OPTRACE = "optrace.jsonl"
@@ -69,11 +69,7 @@ class OpTrace:
 
 def optrace_files(path: Path) -> dict[str, Path]:
     """The op traces of a run: ``path`` is a trace file, a run's ``meta`` folder or the run folder itself."""
-    path = Path(path)
-    if path.is_file():
-        return {path.name: path}
-    folder = path / META_DIR if (path / META_DIR).is_dir() else path
-    return {p.name: p for p in sorted(folder.glob(OPTRACE_GLOB)) if p.is_file()}
+    return meta_files(path, OPTRACE_GLOB)
 
 
 def read_optrace(path: Path) -> OpTrace:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from envkit.errors import TraceError
-from envkit.store.layout import META_DIR
+from envkit.store.layout import meta_files
 
 TRACE_GLOB = "trace*.jsonl"
 MAIN_TRACE = "trace.jsonl"
@@ -114,11 +114,7 @@ class _Trace:
 
 def trace_files(path: Path) -> dict[str, Path]:
     """The trace files of a run: ``path`` is a trace file, a run's ``meta`` folder or the run folder itself."""
-    path = Path(path)
-    if path.is_file():
-        return {path.name: path}
-    folder = path / META_DIR if (path / META_DIR).is_dir() else path
-    return {p.name: p for p in sorted(folder.glob(TRACE_GLOB)) if p.is_file()}
+    return meta_files(path, TRACE_GLOB)
 
 
 def read_trace(path: Path) -> _Trace:

@@ -118,3 +118,13 @@ def output_location(path: str) -> tuple[str, str]:
 def output_name(rel: str) -> str:
     """How a file under the output folder is recorded."""
     return OUTPUT_PREFIX + rel
+
+
+def meta_files(path: Path, pattern: str) -> dict[str, Path]:
+    """A run's files in ``meta`` matching ``pattern``, by name: ``path`` is one such file, a run's ``meta`` folder or
+    the run folder itself."""
+    path = Path(path)
+    if path.is_file():
+        return {path.name: path}
+    folder = path / META_DIR if (path / META_DIR).is_dir() else path
+    return {p.name: p for p in sorted(folder.glob(pattern)) if p.is_file()}
