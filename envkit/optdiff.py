@@ -20,12 +20,12 @@ differently (another kernel, another CPU); if one differs, it came from outside 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from envkit.errors import TraceError
+from envkit.jsonlines import read_json_lines
 from envkit.injob.optrace import FORMAT_VERSION, UNINITIALISED, saved_name
 from envkit.opalign import align
 from envkit.savedtensors import TensorDiff, saved_diffs
@@ -79,27 +79,14 @@ def read_optrace(path: Path) -> OpTrace:
         TraceError: unreadable, not JSON lines, no header, or an unknown format version.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(f"cannot read the op trace {path} ({getattr(exc, 'strerror', None) or exc})") from exc
-    lines = text.split("\n")
+    lines, cut = read_json_lines(path, "op trace", "the file was edited or damaged; trace the step again")
     trace = OpTrace(path.name, path, {}, [])
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            if number == len(lines):  # no newline after it: the job was killed while writing
-                trace.cut = True
-                continue
-            raise TraceError(f"op trace {path}: line {number} is not JSON",
-                             hint="the file was edited or damaged; trace the step again") from None
+    for number, obj in lines:
         try:
             _add_line(trace, obj)
         except (KeyError, IndexError, TypeError, ValueError):
             raise TraceError(f"op trace {path}: line {number} is not a header, op or end record") from None
+    trace.cut = cut[0]
     if not trace.header:
         raise TraceError(f"op trace {path} has no header line", hint="is it a file written by the op tracer?")
     if trace.header.get("envkit_optrace") != FORMAT_VERSION:

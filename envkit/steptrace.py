@@ -15,12 +15,12 @@ them) and names the exact step.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from envkit.errors import TraceError
+from envkit.jsonlines import read_json_lines
 from envkit.store.layout import meta_files
 
 TRACE_GLOB = "trace*.jsonl"
@@ -123,23 +123,10 @@ def read_trace(path: Path) -> _Trace:
     Raises:
         TraceError: unreadable, not JSON lines, no header, or an unknown format version.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(f"cannot read the step trace {path} ({getattr(exc, 'strerror', None) or exc})") from exc
-    lines = text.split("\n")
+    lines, cut = read_json_lines(path, "step trace",
+                                 "the file was edited or damaged; rerun with --trace to make a new one")
     trace = _Trace(Path(path).name, {}, {}, {})
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            if number == len(lines):  # no newline after it: the job was killed while writing
-                trace.truncated = True
-                continue
-            raise TraceError(f"step trace {path}: line {number} is not JSON",
-                             hint="the file was edited or damaged; rerun with --trace to make a new one") from None
+    for number, obj in lines:
         if not isinstance(obj, dict):
             raise TraceError(f"step trace {path}: line {number} is not a JSON object")
         try:
@@ -149,6 +136,7 @@ def read_trace(path: Path) -> _Trace:
         if "envkit_trace" in obj and obj["envkit_trace"] != TRACE_FORMAT:
             raise TraceError(f"step trace {path} has format {obj['envkit_trace']!r}; this envkit reads "
                              f"{TRACE_FORMAT}", hint="use the envkit version that wrote it")
+    trace.truncated = cut[0]
     if not trace.header:
         raise TraceError(f"step trace {path} has no header line", hint="is it a file written by `envkit run --trace`?")
     return trace
