@@ -15,7 +15,8 @@ import typer
 from envkit.cli import app
 from envkit.cli._console import err_console, print_json
 from envkit.settings import debug_enabled
-from envkit.tracking.config import MLFLOW_OPTION_HELP, Tracking, parse_size, preflight, tracking  # noqa: F401
+from envkit.sizes import parse_size
+from envkit.tracking.config import MLFLOW_OPTION_HELP, Tracking, preflight, tracking  # noqa: F401
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -28,10 +28,9 @@ from pathlib import Path
 from envkit.engine import ContainerSpec
 from envkit.errors import JobError
 from envkit.settings import DEFAULT_IPC, GPU_ULIMITS, IPC_MODES
+from envkit.sizes import format_size, parse_size
 
 DOCKER_DEFAULT_SHM = 64 * 2**20
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?", re.IGNORECASE)  # docker's RAMInBytes
-_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
 _USER = re.compile(r"(\d{1,10})(?::(\d{1,10}))?")
 ENV_FILE_MAX_BYTES = 1 << 20
 # Variables a job may not set itself: envkit derives them from the run's options.
@@ -47,24 +46,6 @@ class ContainerSettings:
     ipc: str
     ulimits: dict[str, tuple[int, int]] = field(default_factory=dict)
     user: str | None = None  # explicit uid[:gid]; None: the executor's default rule
-
-
-def parse_size(text: str) -> int:
-    """Bytes of a size in Docker's syntax (``512m``, ``4g``, ``1.5g``, ``64MiB``, a plain byte count).
-
-    Raises:
-        ValueError: not a size.
-    """
-    m = _SIZE.fullmatch(str(text).strip())
-    if not m:
-        raise ValueError(f"{text!r} is not a size such as 512m or 8g")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def format_size(n: int) -> str:
-    """A byte count in Docker's syntax, to the MiB (``8g``, ``1536m``)."""
-    mib = max(1, n // 2**20)
-    return f"{mib // 1024}g" if mib % 1024 == 0 else f"{mib}m"
 
 
 def default_shm_size(memory: str | None, host_memory: int | None) -> str:

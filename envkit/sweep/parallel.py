@@ -19,11 +19,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from envkit import sizes
 from envkit.errors import SweepError
 
 ASSUMED_JOB_MEMORY = 2 << 30  # bytes per run when --memory is not given
-_SIZE = re.compile(r"([0-9]+)([bkmg]?)", re.IGNORECASE | re.ASCII)
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 @dataclass(frozen=True)
@@ -37,15 +36,18 @@ class Parallelism:
 
 
 def parse_size(text: str) -> int:
-    """Docker's memory syntax (``512m``, ``4g``, ``1073741824``) in bytes.
+    """A sweep's ``--memory`` (Docker's syntax: ``512m``, ``1.5g``, ``1073741824``) in bytes, as each run gets it.
 
     Raises:
-        SweepError: not a size.
+        SweepError: not a size, or zero (a budget of nothing).
     """
-    match = _SIZE.fullmatch(str(text).strip())
-    if match is None or int(match.group(1)) == 0:
-        raise SweepError(f"--memory {text!r} is not a size", hint="give bytes or a size with a unit: 512m, 4g")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+    try:
+        size = sizes.parse_size(text)
+    except ValueError as exc:
+        raise SweepError(f"--memory {exc}", hint="give bytes or a size with a unit: 512m, 4g") from None
+    if size == 0:
+        raise SweepError(f"--memory {text!r} is not a size a run can have", hint="give a size such as 512m or 4g")
+    return size
 
 
 def usable_cores() -> int:

@@ -18,7 +18,6 @@ that the key is known wherever the configuration is read.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from envkit import project
 from envkit.errors import ProjectConfigError, TrackerError
+from envkit.sizes import parse_size
 
 KEY = "mlflow"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
@@ -162,19 +162,3 @@ def _where(config: project.ProjectConfig) -> str:
     return config.source.name + (" [tool.envkit]" if config.source.name == project.PYPROJECT else "")
 
 
-_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``"64M"``, ``"1.5G"``, ``"512k"``, ``"100"`` (bytes) -> bytes; binary units (M = MiB).
-
-    Raises:
-        ValueError: quoting the text, for anything else.
-    """
-    m = _SIZE.fullmatch(text)
-    if not m or (m.group(3) and m.group(3).lower() == "i"):
-        raise ValueError(f"{text!r} is not a size (examples: 0, 512K, 64M, 1.5G)")
-    value = float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " ")
-    if not math.isfinite(value):
-        raise ValueError(f"{text!r} is too large")
-    return int(value)

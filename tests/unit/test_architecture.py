@@ -4,7 +4,7 @@ Layers, lowest first (a unit may import its own layer or lower ones, never a hig
 each other, directly or through others):
 
 0. ``injob`` (runs inside images: standard library only), ``errors``
-1. ``settings``, ``hashing``, ``atomic``, ``manifest``, ``resources``, ``project``
+1. ``settings``, ``hashing``, ``atomic``, ``manifest``, ``resources``, ``project``, ``sizes``
 2. ``cpuprofile``, ``fingerprint``, ``engine``, ``store``
 3. workflows: ``lock``, ``image``, ``run``, ``replay``, ``diff``, ``doctor``, and what comes next
 4. ``api``, ``cli``, ``__main__``
@@ -25,7 +25,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "envkit"
 LAYERS = {
     "injob": 0, "errors": 0,
-    "settings": 1, "hashing": 1, "atomic": 1, "manifest": 1, "resources": 1, "project": 1,
+    "settings": 1, "hashing": 1, "atomic": 1, "manifest": 1, "resources": 1, "project": 1, "sizes": 1,
     "cpuprofile": 2, "fingerprint": 2, "engine": 2, "store": 2,
     "api": 4, "cli": 4, "__main__": 4, "__init__": 4,
 }

@@ -12,7 +12,8 @@ import pytest
 
 from envkit.errors import JobError
 from envkit.replay import replay
-from envkit.run.container import container_settings, default_shm_size, parse_size, read_env_file
+from envkit.run.container import container_settings, default_shm_size, read_env_file
+from envkit.sizes import parse_size
 from envkit.run.executor import Sink
 from envkit.run.runner import RunRequest, run
 from envkit.store.filestore import FileStore

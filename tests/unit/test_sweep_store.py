@@ -109,12 +109,12 @@ def test_read_metrics_prefers_the_output_folder_and_never_fails(tmp_path):
 
 # --- how many at once ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("text", "size"), [("512m", 512 << 20), ("4g", 4 * GiB), ("4G", 4 * GiB), ("1024", 1024),
-                                            ("8k", 8192)])
+                                            ("8k", 8192), ("1.5g", 3 << 29)])
 def test_memory_sizes_in_docker_syntax(text, size):
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("bad", ["", "4x", "-1g", "1.5g", "0", "g"])
+@pytest.mark.parametrize("bad", ["", "4x", "-1g", "0", "g", "1e9"])
 def test_bad_memory_sizes(bad):
     with pytest.raises(SweepError, match="is not a size"):
         parse_size(bad)

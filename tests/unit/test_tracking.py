@@ -14,7 +14,7 @@ from envkit.errors import TrackerError
 from envkit.manifest import ManifestEntry
 from envkit.store.filestore import FileStore
 from envkit.store.record import Fingerprint, RunRecord
-from envkit.tracking.config import parse_size
+from envkit.sizes import parse_size
 from envkit.tracking.content import (
     artifact_files,
     checked_file,
