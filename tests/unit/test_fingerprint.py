@@ -88,11 +88,11 @@ def test_gpus_match_nvidia_smi() -> None:
 
 
 def test_engine_that_does_not_answer_is_recorded_not_raised() -> None:
-    import docker
     from envkit.engine.docker import DockerEngine
+    from envkit.engine.dockerapi import DockerApi, endpoint_from_env
 
-    client = docker.DockerClient(base_url="unix:///nonexistent/docker.sock", version="1.41", timeout=5)
-    section = engine_section(DockerEngine(client))
+    api = DockerApi(endpoint_from_env({"DOCKER_HOST": "unix:///nonexistent/docker.sock"}), "1.41", timeout=5)
+    section = engine_section(DockerEngine(api))
     assert list(section) == ["error"] and "engine" in section["error"]
 
 

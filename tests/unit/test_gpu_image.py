@@ -88,20 +88,31 @@ def test_a_build_that_cannot_fit_is_refused_before_it_starts(tmp_path, monkeypat
     check_space(engine, [wheel])
 
 
-def test_loads_have_no_client_timeout():
+def test_loads_have_no_client_timeout(monkeypatch):
+    """A CUDA image is several GB: its load must not end at the client's read timeout."""
     from envkit.engine.docker import DockerEngine
+    from envkit.engine.dockerapi import DockerApi, endpoint_from_env
 
     seen = {}
 
-    class Images:
-        def load(self, data):
-            seen["timeout"] = api.timeout
-            return [SimpleNamespace(id="sha256:" + "0" * 64)]
+    class Answer:
+        def __iter__(self):
+            return iter([b'{"stream":"Loaded image ID: sha256:' + b"0" * 64 + b'\\n"}\r\n'])
 
-    api = SimpleNamespace(timeout=600)
-    engine = DockerEngine(SimpleNamespace(api=api, images=Images()))
+        def close(self):
+            pass
+
+    def open_(self, method, target, *, body=None, headers=None, timeout="default", chunked=False):
+        seen.update(target=target, timeout=timeout, chunked=chunked, body=list(body))
+        return Answer()
+
+    api = DockerApi(endpoint_from_env({}), "1.41", timeout=600)
+    monkeypatch.setattr(DockerApi, "open", open_)
+    engine = DockerEngine(api)
+    monkeypatch.setattr(engine, "image", lambda ref: SimpleNamespace(id=ref))
     assert engine.load(iter([b"archive"])) == ["sha256:" + "0" * 64]
-    assert seen["timeout"] is None and api.timeout == 600  # none while loading, the client's own afterwards
+    assert seen["timeout"] is None and seen["target"].startswith("/v1.41/images/load")
+    assert seen["chunked"] and seen["body"] == [b"archive"] and api.timeout == 600
 
 
 # --- in the job -----------------------------------------------------------------------------------------------------

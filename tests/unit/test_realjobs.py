@@ -107,13 +107,13 @@ def test_a_script_run_records_python_script_args(project, store):
 
 def test_the_job_has_a_fixed_hostname_that_resolves_without_a_network(project, store):
     """torchrun --standalone looks its hostname up; Docker's random one is unknown in a container with no network."""
-    from envkit.engine.docker import DockerEngine
+    from envkit.engine.docker import create_body
 
     engine = FakeEngine()
     go(engine, store, project, engine.add_image("img"), script="train.py")
     spec = next(arg for call, arg in engine.calls if call == "create")
-    kwargs = DockerEngine._create_kwargs(None, spec)  # the SDK arguments, without an engine
-    assert kwargs["hostname"] == "envkit-job" and kwargs["extra_hosts"] == {"envkit-job": "127.0.0.1"}
+    body = create_body(spec)  # what the Docker engine is sent
+    assert body["Hostname"] == "envkit-job" and body["HostConfig"]["ExtraHosts"] == ["envkit-job:127.0.0.1"]
 
 
 def test_an_empty_command_is_refused(project, store):
