@@ -123,6 +123,11 @@ def build_cache_dir() -> Path:
     return cache_dir() / "builds"
 
 
+def resolved_locks_dir() -> Path:
+    """What lock files resolved to (build key, tag), by their bytes and envkit's code: <cache>/locks/<key>.json."""
+    return cache_dir() / "locks"
+
+
 def store_dir(project: Path | None = None) -> Path:
     """The run store: $ENVKIT_HOME, else .envkit in the project folder (found upward from the current folder)."""
     env = os.environ.get(ENV_HOME)

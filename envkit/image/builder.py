@@ -15,25 +15,27 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
-from envkit.atomic import atomic_write
-from envkit.engine import ContainerSpec, Engine, Image, Mount
+from envkit.engine import ContainerSpec, Engine, Mount
 from envkit.errors import BuildError, EnvkitError, PlatformError
+from envkit.image.buildcache import (
+    cached_image,
+    read_entry,
+    recent_entries,
+    remember_build,
+)
 from envkit.image.expected import Comparison, compare
 from envkit.image.render import BuildPlan, plan_build
 from envkit.lock.model import Lockfile
-from envkit.settings import IMAGE_VENV, build_cache_dir, wheel_cache_dir
+from envkit.settings import IMAGE_VENV, wheel_cache_dir
 
 if TYPE_CHECKING:  # imported where an image is made: a cache hit (a no-op build) loads none of them
     from envkit.image import oci
@@ -73,54 +75,9 @@ def check_platform(engine: Engine, lock: Lockfile) -> None:
         )
 
 
-# --- the build map: envkit's own record of what it built ---------------------------------------------------------
-def _cache_entry(build_key: str) -> Path:
-    if not re.fullmatch(r"[0-9a-f]{64}", build_key):
-        raise ValueError(f"malformed build key {build_key!r}")
-    return build_cache_dir() / f"{build_key}.json"
-
-
-def _read_entry(build_key: str) -> dict:
-    try:
-        data = json.loads(_cache_entry(build_key).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) and isinstance(data.get("image_id"), str) else {}
-
-
-def find_cached(engine: Engine, build_key: str) -> str | None:
-    """The image envkit built for this key, if this engine still has it.
-
-    The key -> image ID map is envkit's own (in its cache folder), never an image label: anyone can label an image
-    with a public lock's key and load it (a bundle, a pull); such an image is never taken for envkit's build.
-    """
-    image = _cached_image(engine, build_key)
-    return image.id if image is not None else None
-
-
-def _cached_image(engine: Engine, build_key: str) -> Image | None:
-    image_id = _read_entry(build_key).get("image_id")
-    return engine.find_image(image_id) if image_id is not None else None
-
-
-def remember_build(build_key: str, image_id: str, **parts: object) -> None:
-    """Record that envkit built ``image_id`` for ``build_key``, with its parts (best effort: a miss costs a build)."""
-    try:
-        build_cache_dir().mkdir(parents=True, exist_ok=True)
-        atomic_write(_cache_entry(build_key), json.dumps({"image_id": image_id, "built": time.time(), **parts}),
-                     durable=False)
-    except OSError:
-        pass
-
-
 def _same_venv(engine: Engine, venv_key: str) -> dict | None:
     """A build of the same venv (base, wheels, recipe) whose image this engine has: its layers are reusable."""
-    try:
-        entries = sorted(build_cache_dir().glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    except OSError:
-        return None
-    for path in entries[:200]:
-        data = _read_entry(path.stem) if re.fullmatch(r"[0-9a-f]{64}", path.stem) else {}
+    for data in recent_entries():
         if data.get("venv_key") == venv_key and isinstance(data.get("venv_layer"), str) \
                 and engine.find_image(data["image_id"]) is not None:
             return data
@@ -163,9 +120,9 @@ def build_image(
         say(line)
 
     plan = plan_build(lock, cpu_profile)
-    previous = _read_entry(plan.build_key)
+    previous = read_entry(plan.build_key)
     if not (no_cache or check):
-        cached = _cached_image(engine, plan.build_key)
+        cached = cached_image(engine, plan.build_key)
         if cached is not None:
             if plan.tag not in cached.tags:
                 engine.tag(cached.id, plan.tag)

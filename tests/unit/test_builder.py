@@ -11,7 +11,7 @@ import pytest
 
 from envkit.cli import main
 from envkit.errors import BuildError, ImageMismatchError, ImageNotFoundError, RegistryError, SpecError
-from envkit.image import builder, render
+from envkit.image import buildcache, builder, render
 from envkit.image.builder import build_image
 from envkit.image.expected import DIFFERS, MATCHES, UNPINNED
 from envkit.lock.model import BaseImage, Lockfile, PinnedPackage, Platform, load_lockfile, write_lockfile
@@ -174,7 +174,7 @@ def test_the_build_map_is_envkits_own(tmp_path):
     result = build_image(engine, lock)
     entry = json.loads((tmp_path / "cache" / "builds" / f"{result.build_key}.json").read_text())
     assert entry["image_id"] == result.image_id and entry["venv_layer"] == result.venv_layer
-    assert builder.find_cached(engine, result.build_key) == result.image_id
+    assert buildcache.cached_image(engine, result.build_key).id == result.image_id
 
 
 def test_replay_rebuild_says_the_rebuilt_image_is_the_recorded_one(tmp_path):
@@ -203,3 +203,51 @@ def test_replay_rebuild_says_the_rebuilt_image_is_the_recorded_one(tmp_path):
     assert result.verdict.image == {"recorded": original.image.id, "rebuilt": original.image.id, "same": True}
     assert store.read(result.run_id).verdict["image"]["same"] is True
     assert "is the recorded image (the replay ran on it)" in result.notes[0]
+
+
+# --- a lock resolved once per lock and envkit -------------------------------------------------------------------------
+def test_a_run_finds_a_locks_image_again_without_reading_the_lock(tmp_path, monkeypatch):
+    """`envkit run --lock` remembers what the lock's bytes resolved to under this envkit; the next run takes the
+    image through the build map without parsing or checking the lock again. Other bytes, or the image gone from the
+    engine, go the whole way."""
+    from envkit.lock import model
+    from envkit.run.images import resolve_image
+
+    engine = FakeEngine()
+    lock = lock_on(tmp_path, local_base(engine))
+    path = tmp_path / "tiny.lock.yaml"
+    write_lockfile(lock, path)
+    first = resolve_image(engine, tmp_path, path, None, "native")
+    assert first.lock.sha256 == lock.content_sha256 and first.lock_text == path.read_text()
+
+    def not_read(_path):
+        raise AssertionError("the lock was read again")
+
+    monkeypatch.setattr(model, "load_lockfile", not_read)
+    again = resolve_image(engine, tmp_path, path, None, "native")
+    assert (again.id, again.ref, again.lock, again.cuda, again.lock_text) == \
+        (first.id, first.ref, first.lock, first.cuda, first.lock_text)
+    with pytest.raises(AssertionError, match="read again"):  # the other CPU profile is another resolution
+        resolve_image(engine, tmp_path, path, None, "portable")
+    path.write_text(path.read_text() + "# a comment changes the bytes, not the lock\n")
+    with pytest.raises(AssertionError, match="read again"):
+        resolve_image(engine, tmp_path, path, None, "native")
+    path.write_text(path.read_text().rsplit("# a comment", 1)[0])
+    assert resolve_image(engine, tmp_path, path, None, "native").id == first.id
+    del engine.images[first.id]
+    with pytest.raises(AssertionError, match="read again"):
+        resolve_image(engine, tmp_path, path, None, "native")
+
+
+def test_a_damaged_or_forged_resolution_is_a_miss(tmp_path):
+    good = buildcache.ResolvedLock("tiny", "a" * 64, "b" * 64, f"envkit/tiny:{'b' * 12}", None)
+    key = buildcache.resolved_key(b"lock bytes", "native")
+    buildcache.remember_resolved(key, good)
+    assert buildcache.read_resolved(key) == good
+    assert key != buildcache.resolved_key(b"lock bytes", "portable") != buildcache.resolved_key(b"other", "native")
+    entry = tmp_path / "cache" / "locks" / f"{key}.json"
+    for damaged in ("{torn", json.dumps({**json.loads(entry.read_text()), "tag": "evil/tag:latest"}),
+                    json.dumps({**json.loads(entry.read_text()), "build_key": "../../etc"}),
+                    json.dumps({**json.loads(entry.read_text()), "extra": 1}), "[]"):
+        entry.write_text(damaged)
+        assert buildcache.read_resolved(key) is None
