@@ -122,6 +122,10 @@ class DockerApi:
         import ssl
 
         ep = self.endpoint
+        assert ep.cert_dir is not None
+        if ep.verify and not (ep.cert_dir / "ca.pem").is_file():
+            raise FileNotFoundError(f"DOCKER_TLS_VERIFY is set and {ep.cert_dir / 'ca.pem'} does not exist (set "
+                                    "DOCKER_CERT_PATH to the folder of ca.pem, cert.pem and key.pem)")
         context = ssl.create_default_context(cafile=str(ep.cert_dir / "ca.pem")) if ep.verify \
             else ssl._create_unverified_context()  # the Docker CLI's own rule without DOCKER_TLS_VERIFY
         cert, key = ep.cert_dir / "cert.pem", ep.cert_dir / "key.pem"

@@ -149,3 +149,10 @@ def test_an_engine_that_is_not_there_is_an_os_error(tmp_path):
     api = DockerApi(endpoint_from_env({"DOCKER_HOST": f"unix://{tmp_path}/none.sock"}), "1.41", timeout=5)
     with pytest.raises(OSError):
         api.call("GET", "/_ping")
+
+
+def test_tls_without_the_engines_ca_says_which_file_is_missing(tmp_path):
+    ep = endpoint_from_env({"DOCKER_HOST": "tcp://127.0.0.1:1", "DOCKER_TLS_VERIFY": "1",
+                            "DOCKER_CERT_PATH": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match=r"ca\.pem does not exist .*DOCKER_CERT_PATH"):
+        DockerApi(ep, "1.41").connection(5)
