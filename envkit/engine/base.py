@@ -1,8 +1,8 @@
 """The engine boundary: where and how a job's container runs, and the images it runs from.
 
 Workflows (build, run, replay, bundles) see only :class:`Engine` and :class:`Container`: small, typed, and free of any
-SDK's objects or exceptions. :class:`envkit.engine.docker.DockerEngine` implements them on a Docker engine (the only
-module that calls the Docker SDK); ``tests/unit/fakes.py`` implements them in memory, so the executor, replay and
+SDK's objects or exceptions. :class:`envkit.engine.docker.DockerEngine` implements them on a Docker engine, through its
+HTTP API (:mod:`envkit.engine.dockerapi`; the Docker SDK only for registry pulls and pushes); ``tests/unit/fakes.py`` implements them in memory, so the executor, replay and
 the build cache are unit-tested without a daemon. A batch scheduler (Slurm) sits one level up, as a sweep backend
 (:class:`envkit.sweep.backend.Backend`): each of its tasks runs the executor against its node's engine.
 
