@@ -235,7 +235,7 @@ def _wait(store: FileStore, sweep: SweepRecord, backend: Backend, on_progress: P
     """Wait for every seed; on Ctrl-C or SIGTERM cancel them (when this process owns the sweep) and settle."""
     sweeps = SweepStore(store.root, store.durable)
     try:
-        with _sigterm_as_interrupt():
+        with _stop_signals_as_interrupt():
             states = backend.wait(sweep, on_progress)
     except KeyboardInterrupt:
         if not cancel_on_interrupt:
@@ -270,8 +270,10 @@ def _settle(store: FileStore, sweep: SweepRecord, backend: Backend, interrupted:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a batch system, `kill`) stops a sweep as Ctrl-C does, instead of leaving its containers running."""
+def _stop_signals_as_interrupt() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (a batch system, `kill`) stop a sweep, instead of leaving its containers running. Both are
+    handled explicitly, as the executor handles them for a run: a sweep started in the background of a script
+    inherits SIGINT ignored, and `kill -INT` must still stop it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -279,11 +281,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     def handler(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 def _apply(sweep: SweepRecord, states: list[TaskState], interrupted: bool, final: bool) -> None:

@@ -150,7 +150,17 @@ def test_runs_without_metrics_are_kept_and_the_report_says_no_metrics(project, s
     assert "no metrics found" in text and "none of the 2 runs has a counted metrics.json" in text
 
 
-def test_ctrl_c_stops_the_running_seeds_records_them_interrupted_and_starts_no_other(project, store):
+@pytest.fixture(params=["default", "ignored"])
+def sigint(request):
+    """Ctrl-C as Python handles it by default, and as a sweep started in the background of a script inherits it:
+    ignored (`kill -INT` must stop it all the same)."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler if request.param == "default" else signal.SIG_IGN)
+    yield request.param
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_stops_the_running_seeds_records_them_interrupted_and_starts_no_other(project, store, sigint):
     started = []
 
     def job(ctx: JobContext) -> Outcome:
