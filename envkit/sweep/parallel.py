@@ -15,7 +15,6 @@ backend uses none of this: Slurm places tasks by their ``--cpus-per-task`` and `
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
