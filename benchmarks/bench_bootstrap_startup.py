@@ -60,7 +60,8 @@ def baseline_venv(root: Path, rev: str) -> Path | None:
     repo = Path(__file__).resolve().parents[1]
 
     def show(path: str) -> bytes | None:
-        out = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{path}"], capture_output=True)
+        out = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{path}"], capture_output=True,
+                             check=False)
         return out.stdout if out.returncode == 0 else None
 
     pth = show("docker/envkit-bootstrap.pth")
@@ -71,7 +72,7 @@ def baseline_venv(root: Path, rev: str) -> Path | None:
                                check=True, capture_output=True, text=True).stdout.strip())
     (site / "envkit-bootstrap.pth").write_bytes(pth)
     listed = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", f"{rev}:envkit/injob"],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     if listed.returncode == 0:
         (site / "envkit_injob").mkdir()
         for name in listed.stdout.split():
