@@ -30,6 +30,7 @@ from pathlib import Path
 from envkit import __version__
 from envkit.atomic import atomic_write
 from envkit.engine import Engine, Image
+from envkit.resources import docker_file
 from envkit.settings import build_cache_dir, resolved_locks_dir
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -104,7 +105,13 @@ def code_identity() -> str:
     files, and the Python. Walking the package costs about 1 ms."""
     h = hashlib.sha256(f"{__version__}\0{sys.version}\0".encode())
     package = Path(__file__).resolve().parents[1]
-    roots = [package, package.parent / "docker"]
+    roots = [package]
+    try:  # docker/ of a checkout (an installed wheel has it inside the package, as envkit/_docker)
+        data = docker_file("envkit-bootstrap.pth").parent
+        if package not in data.parents:
+            roots.append(data)
+    except FileNotFoundError:
+        pass
     for name in _LIBRARIES:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.origin:
