@@ -35,6 +35,7 @@ from urllib.parse import quote, urlencode, urlsplit
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 _CHUNK = 1 << 20
 _ERROR_BODY_BYTES = 64 * 1024
+CLIENT_TIMEOUT = object()  # a request's timeout: the client's own (``DockerApi.timeout``)
 _FRAME = struct.Struct(">BxxxL")  # the attach stream's frame header: stream (0 stdin, 1 stdout, 2 stderr), size
 
 
@@ -153,14 +154,14 @@ class DockerApi:
 
     # --- requests --------------------------------------------------------------------------------------------------
     def open(self, method: str, target: str, *, body: Any = None, headers: dict[str, str] | None = None,
-             timeout: float | None | str = "default", chunked: bool = False) -> http.client.HTTPResponse:
+             timeout: float | None | object = CLIENT_TIMEOUT, chunked: bool = False) -> http.client.HTTPResponse:
         """Send a request and return the response with its body unread; an error status raises :class:`ApiError`.
 
         Raises:
             ApiError: the engine answered 4xx or 5xx.
             OSError, http.client.HTTPException: the engine could not be reached or went away.
         """
-        conn = self.connection(self.timeout if timeout == "default" else timeout)  # type: ignore[arg-type]
+        conn = self.connection(self.timeout if timeout is CLIENT_TIMEOUT else timeout)  # type: ignore[arg-type]
         try:
             conn.request(method, target, body=body, headers={"User-Agent": "envkit", **(headers or {})},
                          encode_chunked=chunked)
@@ -177,7 +178,7 @@ class DockerApi:
         return response
 
     def call(self, method: str, path: str, *args: str, params: dict[str, Any] | None = None, body: Any = None,
-             timeout: float | None | str = "default", versioned: bool = True) -> Any:
+             timeout: float | None | object = CLIENT_TIMEOUT, versioned: bool = True) -> Any:
         """One request with a JSON body (a dict) or none; the decoded JSON answer (None for an empty one, the text
         for a non-JSON one)."""
         data, headers = None, {}

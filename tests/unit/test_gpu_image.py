@@ -102,7 +102,7 @@ def test_loads_have_no_client_timeout(monkeypatch):
         def close(self):
             pass
 
-    def open_(self, method, target, *, body=None, headers=None, timeout="default", chunked=False):
+    def open_(self, method, target, *, body=None, headers=None, timeout=None, chunked=False):
         seen.update(target=target, timeout=timeout, chunked=chunked, body=list(body))
         return Answer()
 
