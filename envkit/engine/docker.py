@@ -56,7 +56,8 @@ def connect(timeout: int | None = 600) -> DockerEngine:
     try:
         endpoint = endpoint_from_env()
     except ValueError as exc:
-        raise EngineUnavailableError(str(exc)) from None
+        raise EngineUnavailableError(str(exc), hint="set DOCKER_HOST to unix:///PATH/docker.sock or tcp://HOST:PORT") \
+            from None
     # A fixed API version saves the /version round trip of negotiation; 1.41 (Docker 20.10) has everything envkit
     # uses (device requests came in 1.40). An older engine says so, and then its own version is used.
     api = DockerApi(endpoint, os.environ.get("DOCKER_API_VERSION") or API_VERSION, timeout)
